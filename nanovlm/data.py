@@ -1,0 +1,175 @@
+"""The coloured-shapes dataset: every (colour, shape, position) triple drawn once, captioned, tokenized.
+
+The whole world is 9 colours x 3 shapes x 9 positions = 243 image/caption pairs, so the dataset is
+generated in memory at start-up (a few milliseconds) and served as tensor slices: a model this small
+is slowed down more by per-item collation and worker processes than by anything it computes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_SIZE = 32
+# RGB values picked to stay far apart at 32x32 on a black background.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "green": (30, 170, 40),
+    "blue": (40, 70, 240),
+    "yellow": (245, 225, 30),
+    "pink": (255, 130, 200),
+    "brown": (130, 75, 25),
+    "purple": (140, 40, 180),
+    "orange": (255, 140, 0),
+    "white": (245, 245, 245),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# Row-major 3x3 grid: index // 3 is the row, index % 3 the column.
+POSITIONS: tuple[str, ...] = (
+    "top-left", "top", "top-right",
+    "left", "centre", "right",
+    "bottom-left", "bottom", "bottom-right",
+)  # fmt: skip
+BACKGROUND = (0, 0, 0)
+# The canvas is split into 3x3 cells of CELL pixels starting at BORDER; a shape fills its cell minus
+# MARGIN on every side, so shapes never touch each other's cells or the image border.
+BORDER, CELL, MARGIN = 1, 10, 1
+
+CLS = "[CLS]"
+VOCAB: tuple[str, ...] = (CLS, *COLOURS, *SHAPES, *POSITIONS)
+SEQ_LEN = 4  # [CLS] + colour + shape + position
+
+
+def cell_box(position: str) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1), inclusive, that a shape at `position` is drawn in."""
+    row, col = divmod(POSITIONS.index(position), 3)
+    x0, y0 = BORDER + col * CELL + MARGIN, BORDER + row * CELL + MARGIN
+    size = CELL - 2 * MARGIN
+    return x0, y0, x0 + size - 1, y0 + size - 1
+
+
+def render(colour: str, shape: str, position: str) -> Image.Image:
+    """Draw one 32x32 RGB image: a `colour` `shape` inside the `position` cell, on black."""
+    for value, allowed, name in ((colour, COLOURS, "colour"), (shape, SHAPES, "shape"), (position, POSITIONS, "position")):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = cell_box(position)
+    fill = COLOURS[colour]
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    else:  # triangle: apex at the top centre, base along the bottom edge
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    return image
+
+
+def caption(colour: str, shape: str, position: str) -> str:
+    return f"{colour} {shape} {position}"
+
+
+def all_triples() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, position) in a fixed order: the item index used everywhere."""
+    return list(itertools.product(COLOURS, SHAPES, POSITIONS))
+
+
+class Tokenizer:
+    """Word-level tokenizer over the closed vocabulary; every caption becomes [CLS] + 3 word ids."""
+
+    def __init__(self, vocab: Sequence[str] = VOCAB) -> None:
+        self.vocab = tuple(vocab)
+        self.ids = {word: i for i, word in enumerate(self.vocab)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        words = text.split()
+        unknown = [w for w in words if w not in self.ids or w == CLS]
+        if unknown:
+            words_list = ", ".join(v for v in self.vocab if v != CLS)
+            raise ValueError(f"unknown word(s) {unknown} in {text!r}; the vocabulary is: {words_list}")
+        if len(words) != SEQ_LEN - 1:
+            raise ValueError(f"a caption is '<colour> <shape> <position>' (3 words), got {text!r}")
+        return torch.tensor([self.ids[CLS], *(self.ids[w] for w in words)], dtype=torch.long)
+
+    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.encode(t) for t in texts])
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return " ".join(self.vocab[int(i)] for i in ids if int(i) != self.ids[CLS])
+
+
+def build_tensors() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All 243 pairs as (images [N,3,32,32] float in [0,1], tokens [N,4] long, captions)."""
+    triples = all_triples()
+    pixels = torch.stack([torch.frombuffer(bytearray(render(*t).tobytes()), dtype=torch.uint8) for t in triples])
+    images = pixels.view(len(triples), IMAGE_SIZE, IMAGE_SIZE, 3).permute(0, 3, 1, 2).float().div(255)
+    captions = [caption(*t) for t in triples]
+    return images.contiguous(), Tokenizer().encode_batch(captions), captions
+
+
+class ShapesDataset(Dataset):
+    """A view of some items of the in-memory tensors. `__getitems__` lets the DataLoader fetch a
+    whole batch with one indexing op instead of collating items one by one."""
+
+    def __init__(self, images: torch.Tensor, tokens: torch.Tensor, indices: torch.Tensor) -> None:
+        self.images, self.tokens, self.indices = images, tokens, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        index = self.indices[positions]
+        return {"image": self.images[index], "tokens": self.tokens[index], "index": index}
+
+
+def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """collate_fn for batches that `__getitems__` already built."""
+    return batch
+
+
+class ShapesDataModule(L.LightningDataModule):
+    """Generates all 243 pairs once, splits them with a seeded generator, serves tensor batches.
+
+    `gallery()` gives all 243 items: retrieval is ranked against the whole caption/image space,
+    since a val-only gallery of 49 would make the task easier than it is.
+    """
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, split_seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if batch_size < 2:
+            raise ValueError(f"data.batch_size must be >= 2 for a contrastive loss, got {batch_size}")
+        self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
+        self.images, self.tokens, self.captions = build_tensors()
+        self.train_idx, self.val_idx = self.split(len(self.captions), val_fraction, split_seed)
+
+    @staticmethod
+    def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded random split of item indices into (train, val); val gets round(n * val_fraction)."""
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        n_val = round(n * val_fraction)
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+    def gallery(self) -> dict[str, torch.Tensor]:
+        return {"image": self.images, "tokens": self.tokens, "index": torch.arange(len(self.captions))}
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = ShapesDataset(self.images, self.tokens, self.train_idx)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, collate_fn=_keep_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = ShapesDataset(self.images, self.tokens, self.val_idx)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=_keep_batch)

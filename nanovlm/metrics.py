@@ -1,0 +1,60 @@
+"""Retrieval metrics written out by hand as a torchmetrics `Metric`.
+
+torchmetrics' own retrieval recall (1.7.4-1.9.0) skips positives whose score is <= 0, which cosine
+similarities often are, so recall is computed here from the rank of the true item instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def true_item_rank(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each query's true gallery item; ties count against the query.
+
+    scores [Q, G], targets [Q] (gallery column of the true item). An item tied with the truth is
+    ranked above it, so a constant score matrix gives rank G, not 1.
+    """
+    true_scores = scores.gather(1, targets[:, None])  # [Q, 1]
+    return (scores >= true_scores).sum(dim=1)  # [Q]
+
+
+class RetrievalRecall(Metric):
+    """recall@k, mean rank and median rank of the true item, over queries seen since reset.
+
+    Each query carries an id; when processes are synced, a query seen twice (DistributedSampler
+    pads the last batch with repeats) is counted once.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, ks: tuple[int, ...] = (1, 5, 10)) -> None:
+        super().__init__()
+        self.ks = tuple(ks)
+        self.add_state("ranks", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor) -> None:
+        self.ranks.append(true_item_rank(scores, targets))
+        self.ids.append(ids)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        ranks, ids = dim_zero_cat(self.ranks), dim_zero_cat(self.ids)
+        _, first = _first_occurrence(ids)
+        ranks = ranks[first].float()
+        out = {f"R@{k}": (ranks <= k).float().mean() for k in self.ks}
+        out["mean_rank"] = ranks.mean()
+        out["median_rank"] = ranks.median()
+        return out
+
+
+def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique ids and the position of each one's first occurrence in `ids`."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(len(ids), device=ids.device)
+    first = torch.full((len(unique),), len(ids), device=ids.device, dtype=positions.dtype)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return unique, first

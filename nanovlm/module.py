@@ -1,0 +1,72 @@
+"""DualEncoder: the LightningModule that pairs an image encoder and a text encoder under one loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import nn
+
+from nanovlm.metrics import RetrievalRecall
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class DualEncoder(L.LightningModule):
+    """Encoders + contrastive loss + retrieval metrics.
+
+    Validation ranks each val query against the whole 243-item gallery of the other modality
+    (image->text and text->image), encoded once per validation epoch.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+    ) -> None:
+        super().__init__()
+        self.image_encoder, self.text_encoder, self.loss = image_encoder, text_encoder, loss
+        self.optimizer_factory = optimizer
+        self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
+        self._gallery: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_encoder(images), self.text_encoder(tokens)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image_emb, text_emb = self(batch["image"], batch["tokens"])
+        loss = self.loss(image_emb, text_emb)
+        n = len(image_emb)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        for name, value in self.loss.extra_log().items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        gallery = self.trainer.datamodule.gallery()
+        self._gallery = self(gallery["image"].to(self.device), gallery["tokens"].to(self.device))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        assert self._gallery is not None
+        gallery_images, gallery_texts = self._gallery
+        image_emb, text_emb = self(batch["image"], batch["tokens"])
+        self.log("val/loss", self.loss(image_emb, text_emb), batch_size=len(image_emb), sync_dist=True)
+        # The gallery is in item order, so a query's item index is also its true gallery column.
+        self.val_i2t.update(image_emb @ gallery_texts.T, batch["index"], batch["index"])
+        self.val_t2i.update(text_emb @ gallery_images.T, batch["index"], batch["index"])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, torch.Tensor] = {}
+        for direction, metric in (("i2t", self.val_i2t), ("t2i", self.val_t2i)):
+            metrics.update({f"val/{direction}_{k}": v for k, v in metric.compute().items()})
+            metric.reset()
+        # One number for checkpointing and sweeps: both directions must be good.
+        metrics["val/R@1"] = (metrics["val/i2t_R@1"] + metrics["val/t2i_R@1"]) / 2
+        self.log_dict(metrics, prog_bar=False)
+        self._gallery = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())

@@ -1,0 +1,17 @@
+"""Train a dual encoder: `python train.py encoder=cnn loss=clip trainer.max_epochs=30`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from nanovlm.config import CONFIG_DIR
+from nanovlm.training import train
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Returns val R@1 (mean of both directions), the number sweepers optimise."""
+    return train(cfg)["val/R@1"]
+
+
+if __name__ == "__main__":
+    main()
