@@ -55,7 +55,8 @@ def cell_box(position: str) -> tuple[int, int, int, int]:
 
 def render(colour: str, shape: str, position: str) -> Image.Image:
     """Draw one 32x32 RGB image: a `colour` `shape` inside the `position` cell, on black."""
-    for value, allowed, name in ((colour, COLOURS, "colour"), (shape, SHAPES, "shape"), (position, POSITIONS, "position")):
+    given = {"colour": (colour, COLOURS), "shape": (shape, SHAPES), "position": (position, POSITIONS)}
+    for name, (value, allowed) in given.items():
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)

@@ -65,15 +65,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: ShapesDataModule = instantiate(cfg.data)
     model = build_model(cfg)
     logger = build_logger(cfg, run_dir)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/R@1",
-        mode="max",
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(run_dir))
+    # Two callbacks: in Lightning 2.6 `save_last` only fires on epochs that improve the monitor,
+    # so "last" gets its own unmonitored checkpoint, rewritten every epoch.
+    checkpoints = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
+    ]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=checkpoints, default_root_dir=str(run_dir))
     ok = False
     try:
         trainer.fit(model, datamodule=datamodule)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,7 @@ class CNNEncoder(nn.Module):
         super().__init__()
         widths = [3, *channels, embed_dim]
         layers: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1))
             if i < len(widths) - 2:  # no activation after the projection to D
                 layers.append(nn.GELU())

@@ -1,0 +1,42 @@
+"""Shared fixtures: the composed config, shrunk for tests, with each test in its own run dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from nanovlm.config import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/config.yaml with overrides; run_dir is the test's tmp dir, W&B is off."""
+
+    def _make(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"run_dir={tmp_path}", "logger=none", *QUIET, *overrides])
+
+    return _make
+
+
+def run_cli(script: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a top-level script of the repo as a user would, from `cwd`, W&B offline."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,43 @@
+import itertools
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from nanovlm.config import CONFIG_DIR
+from nanovlm.data import build_tensors
+from nanovlm.training import build_model
+
+GROUPS = ("data", "encoder", "text_encoder", "loss", "optimizer", "trainer", "logger")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ has no options"
+
+
+@pytest.mark.parametrize("choice", [f"{g}={o}" for g in GROUPS for o in options(g)], ids=lambda c: c.replace("=", "-"))
+def test_each_option_composes_and_builds(make_cfg, choice: str) -> None:
+    cfg = make_cfg(choice)
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    instantiate(cfg.data)
+
+
+@pytest.mark.parametrize("combo", list(itertools.product(options("encoder"), options("text_encoder"), options("loss"))))
+def test_model_combinations_build(make_cfg, combo: tuple[str, str, str]) -> None:
+    encoder, text_encoder, loss = combo
+    model = build_model(make_cfg(f"encoder={encoder}", f"text_encoder={text_encoder}", f"loss={loss}"))
+    assert model.image_encoder is not None and model.text_encoder is not None
+
+
+def test_one_key_sets_the_embedding_dim_of_both_encoders(make_cfg) -> None:
+    model = build_model(make_cfg("model.embed_dim=16"))
+    images, tokens, _ = build_tensors()
+    assert model(images[:2], tokens[:2])[0].shape == (2, 16)
+    assert model(images[:2], tokens[:2])[1].shape == (2, 16)
+    assert isinstance(model.configure_optimizers(), torch.optim.Optimizer)

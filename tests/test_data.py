@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from nanovlm.data import (
+    BACKGROUND,
+    COLOURS,
+    IMAGE_SIZE,
+    POSITIONS,
+    SHAPES,
+    VOCAB,
+    ShapesDataModule,
+    Tokenizer,
+    all_triples,
+    build_tensors,
+    cell_box,
+    render,
+)
+
+
+def test_all_243_pairs_are_unique() -> None:
+    images, tokens, captions = build_tensors()
+    assert images.shape == (243, 3, IMAGE_SIZE, IMAGE_SIZE) and tokens.shape == (243, 4)
+    assert len(set(captions)) == 243
+    assert len({tuple(t.tolist()) for t in tokens}) == 243
+    assert len({img.numpy().tobytes() for img in images}) == 243
+    assert (len(COLOURS), len(SHAPES), len(POSITIONS)) == (9, 3, 9)
+    assert {"red", "green", "blue", "yellow", "pink", "brown"} <= set(COLOURS)
+
+
+def _painted(colour: str, shape: str, position: str) -> torch.Tensor:
+    """[32, 32] bool mask of the non-background pixels of one rendered image."""
+    pixels = torch.tensor(list(render(colour, shape, position).getdata())).view(IMAGE_SIZE, IMAGE_SIZE, 3)
+    return (pixels != torch.tensor(BACKGROUND)).any(-1), pixels
+
+
+@pytest.mark.parametrize(("colour", "shape", "position"), all_triples())
+def test_image_shows_its_caption(colour: str, shape: str, position: str) -> None:
+    mask, pixels = _painted(colour, shape, position)
+    x0, y0, x1, y1 = cell_box(position)
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    # Every painted pixel has the caption's colour (no anti-aliasing blends) ...
+    assert (pixels[mask] == torch.tensor(COLOURS[colour])).all()
+    # ... and lies inside the named cell's box, which keeps a margin from the image border.
+    assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+    assert x0 >= 1 and y0 >= 1 and x1 <= IMAGE_SIZE - 2 and y1 <= IMAGE_SIZE - 2
+    # The named cell: row from the top, column from the left.
+    row, col = divmod(POSITIONS.index(position), 3)
+    centre_x, centre_y = xs.float().mean().item(), ys.float().mean().item()
+    assert int(centre_x * 3 // IMAGE_SIZE) == col and int(centre_y * 3 // IMAGE_SIZE) == row
+
+
+def test_shapes_have_their_geometry() -> None:
+    x0, y0, x1, y1 = cell_box("centre")
+    square, _ = _painted("red", "square", "centre")
+    circle, _ = _painted("red", "circle", "centre")
+    triangle, _ = _painted("red", "triangle", "centre")
+    box = square[y0 : y1 + 1, x0 : x1 + 1]
+    assert box.all()  # a square fills its box
+    assert not circle[y0, x0] and not circle[y1, x1] and circle[(y0 + y1) // 2, (x0 + x1) // 2]  # corners empty
+    assert not triangle[y0, x0] and not triangle[y0, x1] and triangle[y1, x0 : x1 + 1].all()  # apex up, flat base
+    assert triangle.sum() < circle.sum() < square.sum()
+
+
+def test_render_rejects_unknown_attribute() -> None:
+    with pytest.raises(ValueError, match=r"unknown colour 'teal'.*allowed: red"):
+        render("teal", "circle", "top")
+
+
+def test_tokenizer_round_trip_and_unknown_word() -> None:
+    tok = Tokenizer()
+    assert len(tok) == len(VOCAB) == 1 + 9 + 3 + 9
+    for text in ("pink circle top", "green square bottom-right"):
+        ids = tok.encode(text)
+        assert ids.tolist()[0] == VOCAB.index("[CLS]") and len(ids) == 4
+        assert tok.decode(ids) == text
+    with pytest.raises(ValueError, match=r"unknown word\(s\) \['elephant'\].*vocabulary is: red"):
+        tok.encode("yellow elephant top")
+    with pytest.raises(ValueError, match="3 words"):
+        tok.encode("red circle")
+
+
+def test_split_is_disjoint_complete_and_seeded() -> None:
+    train, val = ShapesDataModule.split(243, 0.2, seed=0)
+    assert (len(train), len(val)) == (194, 49)
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(243))
+    again_train, again_val = ShapesDataModule.split(243, 0.2, seed=0)
+    assert torch.equal(train, again_train) and torch.equal(val, again_val)
+    assert not torch.equal(val, ShapesDataModule.split(243, 0.2, seed=1)[1])
+
+
+def test_dataloaders_serve_tensor_batches_of_the_right_items() -> None:
+    dm = ShapesDataModule(batch_size=32, val_fraction=0.2, split_seed=3)
+    seen = []
+    for batch in dm.train_dataloader():
+        assert batch["image"].shape[1:] == (3, 32, 32) and batch["tokens"].shape[1:] == (4,)
+        assert torch.equal(batch["image"], dm.images[batch["index"]])
+        assert torch.equal(batch["tokens"], dm.tokens[batch["index"]])
+        seen += batch["index"].tolist()
+    assert sorted(seen) == dm.train_idx.tolist()
+    val_seen = torch.cat([b["index"] for b in dm.val_dataloader()])
+    assert val_seen.tolist() == dm.val_idx.tolist()
+    assert len(dm.gallery()["image"]) == 243
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"val_fraction": 1.0}, r"data.val_fraction must be in \(0, 1\)"),
+    ({"batch_size": 1}, "data.batch_size must be >= 2"),
+])  # fmt: skip
+def test_datamodule_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ShapesDataModule(**kwargs)
