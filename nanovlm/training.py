@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=checkpoints, default_root_dir=str(run_dir))
     ok = False
     try:
+        start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["time/fit_s"] = time.perf_counter() - start
+        metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        if logger:
+            logger.experiment.summary.update(metrics)
         ok = True
     finally:
         if logger:
             import wandb
 
             wandb.finish(exit_code=0 if ok else 1)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     _print_summary(metrics, run_dir, logger)
     return metrics
 
