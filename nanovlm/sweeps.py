@@ -1,0 +1,288 @@
+"""Sweeps: run a spec through `train.py -m` (Hydra multirun), then collect, compare and plot the jobs.
+
+There is no second training loop here: every job is an ordinary train.py run in its own dir, which
+leaves a result.json behind. Collecting a sweep only reads those files, so a finished (or half
+finished) sweep can be tabulated again at any time with `python sweep.py --collect <sweep dir>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from nanovlm.config import CONFIG_DIR
+
+SPEC_DIR = CONFIG_DIR / "sweep"
+DEFAULT_COLUMNS = ["val/i2t_R@1", "val/t2i_R@1", "time/fit_s"]
+
+
+@dataclass
+class SweepSpec:
+    """A sweep as conf/sweep/<name>.yaml describes it."""
+
+    name: str
+    params: dict[str, str]  # key -> Hydra sweep values, e.g. "0.03,0.05,0.07"
+    overrides: list[str] = field(default_factory=list)  # applied to every job
+    metric: str = "val/R@1"  # what "best" means (higher is better)
+    columns: list[str] = field(default_factory=lambda: list(DEFAULT_COLUMNS))
+    average_over: list[str] = field(default_factory=list)  # e.g. [seed]: one row per other setting
+    heatmap: list[str] = field(default_factory=list)  # [x key, y key]
+    launcher: str = "basic"  # basic (serial) or joblib (parallel, one worker per core)
+    description: str = ""
+
+
+def available_specs() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def load_spec(name: str) -> SweepSpec:
+    """A spec by name (conf/sweep/<name>.yaml) or by path to a YAML file of the same form."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SPEC_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown sweep {name!r}; available: {', '.join(available_specs())} (in {SPEC_DIR})")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SweepSpec.__dataclass_fields__)}")
+    raw["params"] = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in raw["params"].items()}
+    return SweepSpec(name=path.stem, **{k: v for k, v in raw.items() if k != "name"})
+
+
+def multirun_command(spec: SweepSpec, train_py: Path, sweep_dir: Path, extra: list[str], launcher: str) -> list[str]:
+    """The `train.py -m ...` command line that runs the sweep."""
+    fixed = [*spec.overrides, *extra]
+    # The W&B run name is the job's overrides; keep only the swept ones in it.
+    fixed_keys = ",".join(o.split("=", 1)[0].lstrip("+~") for o in fixed)
+    return [
+        sys.executable,
+        str(train_py),
+        "--multirun",
+        *(f"{key}={values}" for key, values in spec.params.items()),
+        *fixed,
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.job.config.override_dirname.exclude_keys=[{fixed_keys}]",
+        *([f"hydra/launcher={launcher}"] if launcher != "basic" else []),
+    ]
+
+
+def run(spec: SweepSpec, train_py: Path, extra: list[str], launcher: str | None = None) -> tuple[Path, int, float]:
+    """Run the sweep; returns (sweep dir, train.py's exit code, wall seconds). Failed jobs don't stop it."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{time.time_ns() % 1_000_000:06d}"
+    sweep_dir = Path("multirun") / f"{spec.name}_{stamp}"  # the dir name is the W&B group
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps(spec.__dict__, indent=2))
+    command = multirun_command(spec, train_py, sweep_dir, extra, launcher or spec.launcher)
+    print("$", " ".join(command), flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(command, env={**os.environ, "HYDRA_FULL_ERROR": "0"}).returncode
+    return sweep_dir, code, time.perf_counter() - start
+
+
+@dataclass
+class Job:
+    """One finished (or failed) job of a sweep."""
+
+    num: int
+    dir: Path
+    overrides: dict[str, str]
+    status: str  # ok | failed | missing
+    metrics: dict[str, float]
+    error: str = ""
+
+
+def collect(sweep_dir: Path) -> list[Job]:
+    """Read every job dir (0/, 1/, ...) of a multirun dir."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no sweep dir {sweep_dir}")
+    jobs = []
+    for job_dir in sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+        result_file = job_dir / "result.json"
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {"status": "missing"}
+        jobs.append(
+            Job(
+                num=int(job_dir.name),
+                dir=job_dir,
+                overrides=dict(o.split("=", 1) for o in overrides if "=" in o),
+                status=result["status"],
+                metrics=result.get("metrics", {}),
+                error=result.get("error", "no result.json: the job did not finish"),
+            )
+        )
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir} holds no job dirs (0/, 1/, ...)")
+    return jobs
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between jobs, in first-seen order."""
+    keys: dict[str, set[str]] = defaultdict(set)
+    for job in jobs:
+        for key, value in job.overrides.items():
+            keys[key].add(value)
+    return [k for k, values in keys.items() if len(values) > 1]
+
+
+def summarise(jobs: list[Job], spec: SweepSpec) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per setting of the swept keys (averaging over `spec.average_over`): (header, rows)."""
+    keys = [k for k in swept_keys(jobs) if k not in spec.average_over]
+    metric_cols = list(dict.fromkeys([spec.metric, *spec.columns]))
+    groups: dict[tuple[str, ...], list[Job]] = defaultdict(list)
+    for job in jobs:
+        groups[tuple(job.overrides.get(k, "") for k in keys)].append(job)
+    rows = []
+    for setting, members in groups.items():
+        ok = [j for j in members if j.status == "ok"]
+        row: dict[str, Any] = dict(zip(keys, setting, strict=True))
+        for col in metric_cols:
+            values = [j.metrics[col] for j in ok if col in j.metrics]
+            row[col] = sum(values) / len(values) if values else math.nan
+        row["runs"] = len(members)
+        row["failed"] = len(members) - len(ok)
+        row["jobs"] = " ".join(str(j.num) for j in members)
+        rows.append(row)
+    return [*keys, *metric_cols, "runs", "failed", "jobs"], rows
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    scored = [r for r in rows if not math.isnan(r[metric])]
+    return max(scored, key=lambda r: r[metric]) if scored else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "failed" if math.isnan(value) else f"{value:.4g}" if abs(value) >= 10 else f"{value:.3f}"
+    return str(value)
+
+
+def write_table(sweep_dir: Path, header: list[str], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """results.csv (full precision) and results.md (rounded) in the sweep dir."""
+    csv_path, md_path = sweep_dir / "results.csv", sweep_dir / "results.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def print_table(title: str, header: list[str], rows: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, justify="right" if h not in ("jobs",) else "left")
+    for r in rows:
+        table.add_row(*(_fmt(r[h]) for h in header), style="bold green" if r is best else None)
+    Console().print(table)
+
+
+def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric: str, title: str) -> Path:
+    """A y-by-x grid of the metric (mean over whatever else varied), failed cells marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    def order(values: set[str]) -> list[str]:
+        try:
+            return sorted(values, key=float)
+        except ValueError:
+            return sorted(values)
+
+    xs, ys = order({r[x] for r in rows}), order({r[y] for r in rows})
+    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        cells[(r[y], r[x])].append(r[metric])
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for (yv, xv), values in cells.items():
+        finite = [v for v in values if not math.isnan(v)]
+        if finite:
+            grid[ys.index(yv), xs.index(xv)] = sum(finite) / len(finite)
+    fig, ax = plt.subplots(figsize=(1.4 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
+    image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1.0)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            v = grid[i, j]
+            text, colour = ("failed", "red") if math.isnan(v) else (f"{v:.3f}", "white" if v < 0.8 else "black")
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10)
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_yticks(range(len(ys)), ys)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log_summary_to_wandb(
+    sweep_dir: Path, group: str, header: list[str], rows: list[dict[str, Any]], images: list[Path]
+) -> None:
+    """One extra W&B run per sweep (job_type sweep-summary) holding the table and the heatmap."""
+    import wandb
+
+    run = wandb.init(
+        project="nanovlm",
+        group=group,
+        name=f"{group}-summary",
+        job_type="sweep-summary",
+        dir=str(sweep_dir),
+        mode=os.environ.get("WANDB_MODE", "offline"),
+        settings=wandb.Settings(silent=True),
+    )
+    try:
+        data = [[r[h] if not isinstance(r[h], float) or not math.isnan(r[h]) else None for h in header] for r in rows]
+        run.log({"results": wandb.Table(columns=header, data=data), **{p.stem: wandb.Image(str(p)) for p in images}})
+    finally:
+        wandb.finish()
+
+
+def report(sweep_dir: Path, spec: SweepSpec | None = None, use_wandb: bool = True) -> dict[str, Any]:
+    """Collect a sweep dir and write the table, CSV, Markdown, heatmap and best-config line."""
+    sweep_dir = Path(sweep_dir)
+    if spec is None:
+        saved = sweep_dir / "sweep.json"
+        spec = (
+            SweepSpec(**json.loads(saved.read_text())) if saved.is_file() else SweepSpec(name=sweep_dir.name, params={})
+        )
+    jobs = collect(sweep_dir)
+    header, rows = summarise(jobs, spec)
+    best = best_row(rows, spec.metric)
+    write_table(sweep_dir, header, rows)
+    print_table(f"sweep {spec.name}: {sweep_dir}", header, rows, best)
+    keys = [k for k in swept_keys(jobs) if k not in spec.average_over]
+    heat_keys = spec.heatmap or (keys if len(keys) == 2 else [])
+    images = []
+    if len(heat_keys) == 2:
+        title = f"{spec.name}: {spec.metric} ({len(jobs)} jobs)"
+        images.append(plot_heatmap(sweep_dir / "heatmap.png", rows, heat_keys[0], heat_keys[1], spec.metric, title))
+    failed = [j for j in jobs if j.status != "ok"]
+    for job in failed:
+        setting = " ".join(f"{k}={job.overrides.get(k)}" for k in swept_keys(jobs))
+        print(f"job {job.num} FAILED ({setting}): {job.error.splitlines()[0] if job.error else ''}")
+    if best is not None:
+        setting = " ".join(f"{k}={best[k]}" for k in keys) or "(single setting)"
+        print(f"best {spec.metric} = {best[spec.metric]:.3f}: {setting}")
+    if use_wandb:
+        log_summary_to_wandb(sweep_dir, sweep_dir.name, header, rows, images)
+    return {"jobs": jobs, "header": header, "rows": rows, "best": best, "failed": failed}

@@ -1,0 +1,37 @@
+"""Run and compare sweeps: `python sweep.py sweep=temperature_dim [launcher=joblib] [key=value ...]`.
+
+`python sweep.py --collect <sweep dir>` rebuilds the table of an existing sweep without training.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from nanovlm import sweeps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("args", nargs="*", help="sweep=<name> (required), launcher=basic|joblib, then overrides")
+    parser.add_argument("--collect", type=Path, help="tabulate an existing multirun dir instead of running")
+    parser.add_argument("--no-wandb", action="store_true", help="skip the W&B sweep-summary run")
+    opts = parser.parse_args()
+    if opts.collect:
+        return 0 if not sweeps.report(opts.collect, use_wandb=not opts.no_wandb)["failed"] else 1
+    named = dict(a.split("=", 1) for a in opts.args if a.split("=", 1)[0] in ("sweep", "launcher"))
+    extra = [a for a in opts.args if a.split("=", 1)[0] not in ("sweep", "launcher")]
+    if "sweep" not in named:
+        parser.error(f"say which sweep: sweep=<name>, one of {', '.join(sweeps.available_specs())}")
+    spec = sweeps.load_spec(named["sweep"])
+    sweep_dir, code, seconds = sweeps.run(spec, Path(__file__).with_name("train.py"), extra, named.get("launcher"))
+    print(f"sweep wall time {seconds:.1f} s (train.py exit code {code})")
+    try:
+        result = sweeps.report(sweep_dir, spec, use_wandb=not opts.no_wandb)
+    except FileNotFoundError as error:  # train.py -m failed before launching any job
+        print(f"sweep failed: {error}", file=sys.stderr)
+        return 1
+    return 1 if result["failed"] or code != 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Sweeps end to end: sweep.py runs train.py -m, and the table equals what each W&B run recorded."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanovlm import sweeps
+from tests.conftest import run_cli
+from tests.test_train import inspect_wandb_run
+
+FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    """The "run" record of an offline W&B run (name, group, id) from its transaction log."""
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_run)], capture_output=True, text=True)
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return next(r["run"] for r in records if r.get("type") == "run")
+
+
+def write_spec(tmp_path: Path, name: str, body: str) -> str:
+    """A sweep spec file outside the repo; sweep.py takes a path as well as a name."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+def only_sweep_dir(cwd: Path) -> Path:
+    (sweep_dir,) = (cwd / "multirun").iterdir()
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_two_by_two_sweep_writes_runs_table_and_heatmap(tmp_path: Path) -> None:
+    grid = "params:\n  loss.temperature: [0.05, 0.1]\n  model.embed_dim: [8, 16]\n"
+    name = write_spec(tmp_path, "grid", grid + "heatmap: [model.embed_dim, loss.temperature]\n")
+    result = run_cli("sweep.py", f"sweep={name}", *FAST, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep_dir = only_sweep_dir(tmp_path)
+    job_dirs = sorted(d for d in sweep_dir.iterdir() if d.name.isdigit())
+    assert len(job_dirs) == 4
+
+    runs = [inspect_wandb_run(d) for d in job_dirs]
+    assert len({r["run_id"] for r in runs}) == 4 and len({r["name"] for r in runs}) == 4
+    assert all(r["state"] == "finished" for r in runs)
+    assert {r["config"]["logger"]["group"] for r in runs} == {sweep_dir.name}  # one W&B group per sweep
+    assert {wandb_run_record(d)["run_group"] for d in job_dirs} == {sweep_dir.name}
+    settings = {(r["config"]["loss"]["temperature"], r["config"]["model"]["embed_dim"]) for r in runs}
+    assert settings == {(0.05, 8), (0.05, 16), (0.1, 8), (0.1, 16)}
+
+    with (sweep_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for run in runs:
+        (row,) = [
+            r
+            for r in rows
+            if float(r["loss.temperature"]) == run["config"]["loss"]["temperature"]
+            and int(r["model.embed_dim"]) == run["config"]["model"]["embed_dim"]
+        ]
+        for key in ("val/R@1", "val/i2t_R@1", "val/t2i_R@1"):
+            assert float(row[key]) == pytest.approx(run["summary"][key], abs=1e-6)
+    assert (sweep_dir / "heatmap.png").stat().st_size > 5000
+    assert (sweep_dir / "results.md").read_text().count("\n") == 2 + 4
+    assert "best val/R@1" in result.stdout
+
+    # --collect rebuilds the same table from the dirs alone.
+    (sweep_dir / "results.csv").unlink()
+    again = run_cli("sweep.py", "--collect", str(sweep_dir), "--no-wandb", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with (sweep_dir / "results.csv").open() as f:
+        assert list(csv.DictReader(f)) == rows
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    # temperature 0 is rejected when the loss is built: that job fails, the others run.
+    name = write_spec(tmp_path, "fail", "params:\n  loss.temperature: [0.07, 0, 0.1]\n")
+    result = run_cli("sweep.py", f"sweep={name}", *FAST, "logger=none", cwd=tmp_path, timeout=300)
+    assert result.returncode == 1  # the sweep reports the failure ...
+    sweep_dir = only_sweep_dir(tmp_path)
+    jobs = sweeps.collect(sweep_dir)
+    assert [j.status for j in jobs] == ["ok", "failed", "ok"]
+    assert "loss.temperature must be > 0" in jobs[1].error
+    with (sweep_dir / "results.csv").open() as f:
+        rows = {r["loss.temperature"]: r for r in csv.DictReader(f)}
+    assert rows["0"]["failed"] == "1" and math.isnan(float(rows["0"]["val/R@1"]))
+    assert rows["0.07"]["failed"] == "0" and 0 <= float(rows["0.1"]["val/R@1"]) <= 1
+    assert "job 1 FAILED (loss.temperature=0)" in result.stdout
+
+
+def test_unknown_sweep_names_the_available_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown sweep 'nope'; available: .*temperature_dim"):
+        sweeps.load_spec("nope")
+
+
+def test_summarise_averages_over_seeds_and_counts_failures(tmp_path: Path) -> None:
+    def job(num: int, enc: str, seed: str, r1: float | None) -> sweeps.Job:
+        status, metrics = ("ok", {"val/R@1": r1}) if r1 is not None else ("failed", {})
+        return sweeps.Job(num, tmp_path, {"encoder": enc, "seed": seed}, status, metrics)
+
+    jobs = [job(0, "cnn", "0", 0.9), job(1, "cnn", "1", 0.7), job(2, "vit", "0", 1.0), job(3, "vit", "1", None)]
+    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[])
+    header, rows = sweeps.summarise(jobs, spec)
+    assert header[:2] == ["encoder", "val/R@1"]
+    by_enc = {r["encoder"]: r for r in rows}
+    assert by_enc["cnn"]["val/R@1"] == pytest.approx(0.8) and by_enc["cnn"]["failed"] == 0
+    assert by_enc["vit"]["val/R@1"] == 1.0 and by_enc["vit"]["failed"] == 1 and by_enc["vit"]["runs"] == 2
+    assert sweeps.best_row(rows, "val/R@1")["encoder"] == "vit"
