@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from nanovlm import sweeps
 
 
@@ -15,6 +17,7 @@ def main() -> int:
     parser.add_argument("args", nargs="*", help="sweep=<name> (required), launcher=basic|joblib, then overrides")
     parser.add_argument("--collect", type=Path, help="tabulate an existing multirun dir instead of running")
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B sweep-summary run")
+    parser.add_argument("--wandb-sweep", action="store_true", help="write a W&B sweep YAML instead of running")
     opts = parser.parse_args()
     if opts.collect:
         return 0 if not sweeps.report(opts.collect, use_wandb=not opts.no_wandb)["failed"] else 1
@@ -23,7 +26,13 @@ def main() -> int:
     if "sweep" not in named:
         parser.error(f"say which sweep: sweep=<name>, one of {', '.join(sweeps.available_specs())}")
     spec = sweeps.load_spec(named["sweep"])
-    sweep_dir, code, seconds = sweeps.run(spec, Path(__file__).with_name("train.py"), extra, named.get("launcher"))
+    train_py = Path(__file__).with_name("train.py")
+    if opts.wandb_sweep:
+        path = Path(f"wandb_sweep_{spec.name}.yaml")
+        path.write_text(yaml.safe_dump(sweeps.wandb_sweep_config(spec, train_py), sort_keys=False))
+        print(f"wrote {path}; when online: wandb sweep {path}, then wandb agent <the sweep id it prints>")
+        return 0
+    sweep_dir, code, seconds = sweeps.run(spec, train_py, extra, named.get("launcher"))
     print(f"sweep wall time {seconds:.1f} s (train.py exit code {code})")
     try:
         result = sweeps.report(sweep_dir, spec, use_wandb=not opts.no_wandb)

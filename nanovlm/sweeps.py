@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from nanovlm.config import CONFIG_DIR
@@ -39,6 +40,8 @@ class SweepSpec:
     average_over: list[str] = field(default_factory=list)  # e.g. [seed]: one row per other setting
     heatmap: list[str] = field(default_factory=list)  # [x key, y key]
     launcher: str = "basic"  # basic (serial) or joblib (parallel, one worker per core)
+    sweeper: str = "basic"  # basic (every combination of params) or optuna (n_trials, TPE over params)
+    n_trials: int = 12  # optuna only
     description: str = ""
 
 
@@ -64,6 +67,17 @@ def multirun_command(spec: SweepSpec, train_py: Path, sweep_dir: Path, extra: li
     fixed = [*spec.overrides, *extra]
     # The W&B run name is the job's overrides; keep only the swept ones in it.
     fixed_keys = ",".join(o.split("=", 1)[0].lstrip("+~") for o in fixed)
+    if spec.sweeper == "optuna":  # maximises train.py's return value, val/R@1
+        sweeper = [
+            "hydra/sweeper=optuna",
+            f"hydra.sweeper.n_trials={spec.n_trials}",
+            "hydra.sweeper.direction=maximize",
+        ]
+        sweeper.append("hydra.sweeper.sampler.seed=0")
+    elif spec.sweeper == "basic":
+        sweeper = []
+    else:
+        raise ValueError(f"sweeper must be basic or optuna, got {spec.sweeper!r}")
     return [
         sys.executable,
         str(train_py),
@@ -72,8 +86,25 @@ def multirun_command(spec: SweepSpec, train_py: Path, sweep_dir: Path, extra: li
         *fixed,
         f"hydra.sweep.dir={sweep_dir}",
         f"hydra.job.config.override_dirname.exclude_keys=[{fixed_keys}]",
+        *sweeper,
         *([f"hydra/launcher={launcher}"] if launcher != "basic" else []),
     ]
+
+
+def wandb_sweep_config(spec: SweepSpec, train_py: Path) -> dict[str, Any]:
+    """A W&B sweep (grid) whose agent runs train.py with Hydra `key=value` overrides, for online users."""
+    if spec.sweeper != "basic":
+        raise ValueError(f"--wandb-sweep writes grid sweeps; sweep {spec.name!r} uses sweeper={spec.sweeper}")
+
+    return {
+        "program": str(train_py),
+        "name": spec.name,
+        "method": "grid",
+        "metric": {"name": spec.metric, "goal": "maximize"},
+        "parameters": {k: {"values": [yaml.safe_load(v) for v in vals.split(",")]} for k, vals in spec.params.items()},
+        # ${args_no_hyphens} expands to key=value pairs: exactly Hydra's override syntax.
+        "command": ["${env}", "${interpreter}", "${program}", *spec.overrides, "${args_no_hyphens}"],
+    }
 
 
 def run(spec: SweepSpec, train_py: Path, extra: list[str], launcher: str | None = None) -> tuple[Path, int, float]:
@@ -190,7 +221,10 @@ def print_table(title: str, header: list[str], rows: list[dict[str, Any]], best:
         table.add_column(h, justify="right" if h not in ("jobs",) else "left")
     for r in rows:
         table.add_row(*(_fmt(r[h]) for h in header), style="bold green" if r is best else None)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: don't squeeze the columns to 80 characters
+        console = Console(width=200)
+    console.print(table)
 
 
 def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric: str, title: str) -> Path:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nanovlm import sweeps
 from tests.conftest import run_cli
@@ -114,3 +115,25 @@ def test_summarise_averages_over_seeds_and_counts_failures(tmp_path: Path) -> No
     assert by_enc["cnn"]["val/R@1"] == pytest.approx(0.8) and by_enc["cnn"]["failed"] == 0
     assert by_enc["vit"]["val/R@1"] == 1.0 and by_enc["vit"]["failed"] == 1 and by_enc["vit"]["runs"] == 2
     assert sweeps.best_row(rows, "val/R@1")["encoder"] == "vit"
+
+
+def test_wandb_sweep_yaml_runs_train_py_with_hydra_overrides(tmp_path: Path) -> None:
+    result = run_cli("sweep.py", "sweep=temperature_dim", "--wandb-sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((tmp_path / "wandb_sweep_temperature_dim.yaml").read_text())
+    assert config["method"] == "grid" and config["metric"] == {"name": "val/R@1", "goal": "maximize"}
+    assert config["parameters"]["loss.temperature"]["values"] == [0.03, 0.05, 0.07, 0.1]
+    assert config["parameters"]["model.embed_dim"]["values"] == [16, 32, 64]
+    assert config["program"].endswith("train.py") and config["command"][-1] == "${args_no_hyphens}"
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_its_trials(tmp_path: Path) -> None:
+    spec = "sweeper: optuna\nn_trials: 2\nparams:\n  loss.temperature: interval(0.05, 0.2)\n"
+    name = write_spec(tmp_path, "opt", spec)
+    result = run_cli("sweep.py", f"sweep={name}", *FAST, "logger=none", "--no-wandb", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = sweeps.collect(only_sweep_dir(tmp_path))
+    assert [j.status for j in jobs] == ["ok", "ok"]
+    temperatures = [float(j.overrides["loss.temperature"]) for j in jobs]
+    assert all(0.05 <= t <= 0.2 for t in temperatures) and temperatures[0] != temperatures[1]
