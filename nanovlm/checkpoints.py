@@ -5,8 +5,8 @@ Three things make `ckpt_path=<last.ckpt>` exact:
   save goes through an fsspec transaction whose temp file lives in the system temp dir; when that is another
   filesystem (tmpfs /tmp, a cluster's local disk) the final "move" is a copy, and a kill during it leaves a
   truncated last.ckpt.
-- `ResumableRun` reseeds torch at the start of every epoch from (seed, epoch). Lightning does not checkpoint
-  the global RNG that the DataLoader's shuffle draws from, so without this a resumed run sees other batches.
+- `ResumableRun` reseeds torch before every epoch from (seed, epoch). Lightning does not checkpoint the
+  global RNG that the DataLoader's shuffle draws from, so without this a resumed run sees other batches.
 - `ResumableRun` also stores the W&B run id and the model config in the checkpoint: the resumed run logs to
   the same W&B run, and a checkpoint of another model is refused with a message instead of a shape error.
 """
@@ -55,10 +55,22 @@ class ResumableRun(L.Callback):
 
     def __init__(self, seed: int, model_config: dict[str, Any], wandb_run_id: str | None) -> None:
         self.seed, self.model_config, self.wandb_run_id = seed, model_config, wandb_run_id
+        self._resumed = False
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs before the train DataLoader is iterated, so the shuffle of this epoch depends on (seed, epoch).
-        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch))
+    # The DataLoader draws its shuffle seed from the global torch RNG when its iterator is made: for the first
+    # epoch of a fit (fresh or resumed) that happens before `on_train_epoch_start`, for later epochs after
+    # `on_train_epoch_end`. So the seed for epoch e is set at fit start, when a checkpoint is loaded, and at
+    # the end of epoch e - 1: in every case nothing draws from the RNG between the seeding and the shuffle.
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._resumed:
+            torch.manual_seed(epoch_seed(self.seed, 0))
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._resumed = True  # checkpoints are saved at the end of an epoch: training goes on with the next
+        torch.manual_seed(epoch_seed(self.seed, checkpoint["epoch"] + 1))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch + 1))
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {"model_config": self.model_config, "wandb_run_id": self.wandb_run_id}
