@@ -3,15 +3,18 @@
 import hydra
 from omegaconf import DictConfig
 
-from nanovlm.config import CONFIG_DIR
+from nanovlm.config import CONFIG_DIR, cli_errors
+from nanovlm.guards import NonFiniteLossError
 from nanovlm.training import train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns val R@1 (mean of both directions), the number sweepers optimise."""
-    return train(cfg)["val/R@1"]
+    with cli_errors(NonFiniteLossError):  # bad config: one line, exit 2; NaN loss: one line, exit 1
+        return train(cfg)["val/R@1"]
 
 
 if __name__ == "__main__":
-    main()
+    with cli_errors(NonFiniteLossError):  # unknown option or key: one line, exit 2 (and a sweep's failed job)
+        main()

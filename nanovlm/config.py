@@ -1,8 +1,28 @@
-"""Where the Hydra configs live, in a source checkout and in an installed wheel."""
+"""Where the Hydra configs live, and the checks that turn a bad config into one readable line.
+
+Validation has two layers, so that a new encoder or loss needs no edit here:
+- a short table of fixed top-level keys (seed, model.embed_dim, data.batch_size, ...) with type and range;
+- every `_target_` node is checked against its target's constructor: unknown keys list the allowed ones, and
+  values are checked against the parameter's type hint. Range checks that belong to one class (temperature > 0,
+  heads dividing the width, ...) live in that class's constructor as a ValueError naming the config key;
+  `training.build` turns those into a ConfigError before anything heavy runs.
+"""
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
+import inspect
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -16,3 +36,253 @@ def _find_config_dir() -> Path:
 
 
 CONFIG_DIR = _find_config_dir()
+
+
+class ConfigError(ValueError):
+    """A config value the run cannot use. The message names the key, the bad value and what is allowed."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixed top-level keys
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One fixed key: its type, and optionally a range check with the words that say what is allowed."""
+
+    key: str
+    type: type
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""
+    optional: bool = False  # None is allowed (or the section may be absent, e.g. logger=none)
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+RULES: tuple[Rule, ...] = (
+    Rule("seed", int),
+    Rule("model.embed_dim", int, lambda v: v > 0, "an integer > 0"),
+    Rule("data.batch_size", int, lambda v: v >= 2, "an integer >= 2 (a contrastive loss needs negatives)"),
+    Rule("data.val_fraction", float, lambda v: 0 < v < 1, "a number in (0, 1)"),
+    Rule("data.split_seed", int),
+    Rule("trainer.max_epochs", int, lambda v: v >= 1, "an integer >= 1"),
+    Rule("logger.mode", str, lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}", optional=True),
+    Rule("ckpt_path", str, optional=True),
+)
+
+
+def _check_rule(cfg: DictConfig, rule: Rule) -> None:
+    section = rule.key.rpartition(".")[0]
+    if section and not cfg.get(section.split(".")[0]):
+        if rule.optional:
+            return
+        raise ConfigError(f"{rule.key} is missing: the config has no '{section}' section")
+    value = OmegaConf.select(cfg, rule.key, default=None)
+    if value is None:
+        if rule.optional:
+            return
+        raise ConfigError(f"{rule.key} must be set ({rule.allowed or _type_name(rule.type)}), got null")
+    if not _matches(value, rule.type):
+        raise ConfigError(f"{rule.key} must be {_type_name(rule.type)}, got {value!r}")
+    if rule.check is not None and not rule.check(value):
+        raise ConfigError(f"{rule.key} must be {rule.allowed}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `_target_` nodes, checked against their constructor's signature
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
+    """(dotted key, node) for every dict node with a `_target_`, outermost first."""
+    found: list[tuple[str, DictConfig]] = []
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            found.append((path, node))
+        for key in node:
+            if path == "" and key == "hydra":
+                continue
+            found += _target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            found += _target_nodes(item, f"{path}[{i}]")
+    return found
+
+
+def _check_target_node(path: str, node: DictConfig) -> None:
+    from hydra.utils import get_object
+
+    target_path = node._target_
+    try:
+        target = get_object(target_path)
+    except Exception as exc:
+        raise ConfigError(f"{path}._target_ cannot be imported, got {target_path!r} ({exc})") from None
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check against
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    hints = _type_hints(target)
+    for key in node:
+        key = str(key)
+        if key.startswith("_") and key.endswith("_"):
+            continue  # Hydra's own keys: _target_, _partial_, _recursive_, ...
+        if key not in named:
+            if takes_any:
+                continue
+            allowed = ", ".join(n for n in named if n != "self")
+            raise ConfigError(f"unknown key {path}.{key} for {target_path}; allowed keys: {allowed}")
+        value = OmegaConf.select(node, key)
+        if isinstance(value, DictConfig) and "_target_" in value:
+            continue  # a nested object, checked on its own
+        hint = hints.get(key, named[key].annotation)
+        if hint is inspect.Parameter.empty or isinstance(hint, str):
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        if not _matches(value, hint):
+            raise ConfigError(f"{path}.{key} must be {_type_name(hint)}, got {value!r}")
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    func = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(func)
+    except Exception:
+        return {}  # unresolvable forward references: fall back to the raw annotations
+
+
+_YAML_SCALARS = (bool, int, float, str, type(None))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Could a YAML value satisfy `hint`? Hints a YAML value can never be (a Tensor, a Module) are skipped."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        expressible = [a for a in args if _yaml_expressible(a)]
+        return not expressible or any(_matches(value, a) for a in expressible)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (os.PathLike, Path):
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        item_hints = [a for a in args if a is not Ellipsis]
+        if origin is tuple and args and Ellipsis not in args:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not item_hints or all(_matches(v, item_hints[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    return True  # a class or protocol a YAML value cannot be checked against
+
+
+def _yaml_expressible(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_yaml_expressible(a) for a in typing.get_args(hint))
+    return (
+        hint in _YAML_SCALARS
+        or hint in (list, tuple, dict, os.PathLike, Path)
+        or origin in (list, tuple, dict, typing.Literal, collections.abc.Sequence, collections.abc.Mapping)
+    )
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not Ellipsis]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple, collections.abc.Sequence) and len(args) == 1 and args[0] in names:
+        return f"a list of {names[args[0]].split(' ', 1)[1]}s"
+    return "of type " + str(hint).replace("typing.", "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value in `cfg`; cheap (no model, no data, no I/O)."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # an interpolation that points nowhere, a bad ${oc.env:...}
+        raise ConfigError(f"the config does not resolve: {_first_line(str(exc))}") from None
+    for rule in RULES:
+        _check_rule(cfg, rule)
+    for path, node in _target_nodes(cfg):
+        _check_target_node(path, node)
+
+
+def one_line(exc: BaseException) -> str:
+    """One readable line for a config mistake caught by Hydra or by `validate`."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
+        group, _, choice = exc.missing_cfg_file.rpartition("/")
+        allowed = ", ".join(sorted(exc.options)) or "(none)"
+        return f"unknown option {group}={choice}; allowed {group} options: {allowed}"
+    cause = exc.__cause__
+    if isinstance(exc, ConfigCompositionException) and cause is not None and "not in struct" in str(cause):
+        full_key = getattr(cause, "full_key", None) or _first_line(str(exc))
+        parent = getattr(cause, "parent_node", None)
+        where = full_key.rpartition(".")[0] or "the top level"
+        keys = ", ".join(str(k) for k in parent if k != "hydra") if isinstance(parent, DictConfig) else "see conf/"
+        return f"unknown key {full_key}; keys in {where}: {keys} (use +{full_key}=... to add a new one)"
+    if isinstance(exc, OverrideParseException | ConfigCompositionException):
+        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return _first_line(str(exc))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+@contextlib.contextmanager
+def cli_errors(*expected: type[BaseException]) -> Iterator[None]:
+    """Around a `@hydra.main` call and inside its task: a config mistake (or an `expected` failure such as a
+    NaN loss) prints one `error: ...` line and exits 2 (bad input) or 1 (failed run), not a stack trace.
+
+    Outside the task it catches composition errors (unknown option or key); Hydra would print a multi-line
+    report unless HYDRA_FULL_ERROR is set, so it is set here. Inside the task it catches errors before Hydra
+    adds its "Error executing job" line. Anything unexpected still shows its full traceback.
+    """
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        yield
+    except (ConfigError, MissingConfigException, ConfigCompositionException, OverrideParseException) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        _exit_unless_sweep_job(2)
+        raise
+    except expected as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        _exit_unless_sweep_job(1)
+        raise
+
+
+def _exit_unless_sweep_job(code: int) -> None:
+    """Exit now, except inside one job of a multirun: there the error must reach Hydra's launcher, which
+    records the job as failed and goes on with the others (SystemExit would end the whole sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not (HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"):
+        sys.exit(code)

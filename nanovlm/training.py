@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from nanovlm import checkpoints, tracking
+from nanovlm.config import ConfigError, validate
 from nanovlm.data import VOCAB, ShapesDataModule
+from nanovlm.guards import NonFiniteLossGuard
 from nanovlm.module import DualEncoder
 
 
@@ -28,34 +34,59 @@ def build_model(cfg: DictConfig) -> DualEncoder:
     )
 
 
-def _hydra_runtime() -> Any:
-    """Hydra's runtime config when running under @hydra.main, else None (tests, notebooks)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
+# --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------
 
 
-def run_name(cfg: DictConfig) -> str:
-    """The W&B run name: `logger.name`, else a sweep job's number and overrides, else the group choices."""
-    if cfg.logger.get("name"):
-        return str(cfg.logger.name)
-    hydra_cfg = _hydra_runtime()
-    if hydra_cfg is None:
-        return "-".join(cfg[g]._target_.rsplit(".", 1)[-1] for g in ("encoder", "text_encoder", "loss"))
-    if hydra_cfg.mode.name == "MULTIRUN":
-        return f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname or 'defaults'}"
-    choices = hydra_cfg.runtime.choices
-    return "-".join(str(choices.get(g)) for g in ("encoder", "text_encoder", "loss"))
+def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any] | None]:
+    """Validate `cfg`, build the data and model, read the checkpoint to resume from (if any).
+
+    Cheap (milliseconds): constructors' own range checks (temperature > 0, ...) surface here as ConfigError.
+    """
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        datamodule: ShapesDataModule = instantiate(cfg.data)
+        model = build_model(cfg)
+    except InstantiationException as exc:
+        raise _as_config_error(exc) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    checkpoint = None
+    if cfg.get("ckpt_path"):
+        path = checkpoints.resolve_ckpt_path(cfg.ckpt_path)
+        checkpoint = checkpoints.load_checkpoint(path)
+        checkpoints.check_compatible(checkpoint, model, model_config(cfg), path)
+        checkpoint["path"] = str(path)
+    return model, datamodule, checkpoint
 
 
-def run_group(cfg: DictConfig) -> str | None:
-    """The W&B group: `logger.group`, else one group per multirun sweep (named after its dir)."""
-    if cfg.logger.get("group"):
-        return str(cfg.logger.group)
-    hydra_cfg = _hydra_runtime()
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config sections that decide the model's parameters, stored in checkpoints to catch mismatches."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in checkpoints.MODEL_SECTIONS if k in cfg}
+
+
+def _as_config_error(exc: InstantiationException) -> ConfigError:
+    """Hydra wraps a constructor's error in three lines; keep the constructor's own message."""
+    cause = exc.__cause__
+    key = re.search(r"full_key: (\S+)", str(exc))
+    if isinstance(cause, ValueError):
+        return ConfigError(str(cause))
+    where = key.group(1) if key else "config"
+    return ConfigError(f"{where}: {type(cause).__name__ if cause else 'error'}: {cause or exc}")
+
+
+def _discard_unused_run_dir(run_dir: Path, error: ConfigError) -> None:
+    """After a config error, remove the dir Hydra made for this run if it holds only Hydra's own files,
+    so no run dir looks like a run. A sweep job's dir stays, with a failed result.json, so the sweep's
+    table can report the failure."""
+    hydra_cfg = tracking.hydra_runtime()
     if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
-        return Path(hydra_cfg.sweep.dir).name
-    return None
+        _write_result(run_dir, {"status": "failed", "error": f"ConfigError: {error}"})
+        return
+    if not (run_dir / ".hydra").is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def torch_threads() -> int:
@@ -65,7 +96,7 @@ def torch_threads() -> int:
     takes cores // n_jobs.
     """
     cores = os.cpu_count() or 1
-    hydra_cfg = _hydra_runtime()
+    hydra_cfg = tracking.hydra_runtime()
     launcher = hydra_cfg.launcher if hydra_cfg is not None else {}
     n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else 1
     if n_jobs is None or n_jobs < 1:
@@ -73,52 +104,45 @@ def torch_threads() -> int:
     return max(1, cores // n_jobs)
 
 
-def build_logger(cfg: DictConfig, run_dir: Path) -> Any:
-    """A WandbLogger writing into the run dir, offline by default; False when `logger=none`."""
-    if not cfg.get("logger"):
-        return False
-    from lightning.pytorch.loggers import WandbLogger
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    logger_cfg = config["logger"]
-    logger_cfg.update(name=run_name(cfg), group=run_group(cfg))  # the logged config shows what was used
-    return WandbLogger(
-        project=logger_cfg["project"],
-        name=logger_cfg["name"],
-        group=logger_cfg["group"],
-        tags=logger_cfg.get("tags") or None,
-        mode=logger_cfg["mode"],
-        save_dir=str(run_dir),
-        config=config,
-    )
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the model `cfg` describes; returns the final epoch's metrics (val/R@1, ...).
 
-    Writes `<run_dir>/result.json` either way: {"status": "ok", "metrics": ...} or
-    {"status": "failed", "error": ...}, which is what sweeps collect.
+    With `ckpt_path` set, training continues from that checkpoint (same W&B run, same batches as if never
+    stopped). A bad config raises ConfigError before any W&B run or Trainer is made. Writes
+    `<run_dir>/result.json` either way, {"status": "ok", "metrics": ...} or {"status": "failed", "error": ...}:
+    what sweeps collect.
     """
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
+    try:
+        model, datamodule, resume_from = build(cfg)
+    except ConfigError as error:
+        if run_dir is not None:
+            _discard_unused_run_dir(run_dir, error)
+        raise
+    assert run_dir is not None  # validate() requires it
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch_threads())
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     logger: Any = False
     try:
-        datamodule: ShapesDataModule = instantiate(cfg.data)
-        model = build_model(cfg)
-        logger = build_logger(cfg, run_dir)
-        # Two callbacks: in Lightning 2.6 `save_last` only fires on epochs that improve the monitor,
+        logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
+        run_id = logger.experiment.id if logger else None
+        # Two checkpoint callbacks: in Lightning 2.6 `save_last` only fires on epochs that improve the monitor,
         # so "last" gets its own unmonitored checkpoint, rewritten every epoch.
-        checkpoints = [
+        callbacks = [
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
+            checkpoints.ResumableRun(cfg.seed, model_config(cfg), run_id),
+            NonFiniteLossGuard(),
         ]
         trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=logger, callbacks=checkpoints, default_root_dir=str(run_dir)
+            cfg.trainer,
+            logger=logger,
+            callbacks=callbacks,
+            plugins=[checkpoints.AtomicCheckpointIO()],
+            default_root_dir=str(run_dir),
         )
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["time/fit_s"] = time.perf_counter() - start
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -126,19 +150,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.experiment.summary.update(metrics)
     except BaseException as error:
         _write_result(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
-        _finish_wandb(logger, exit_code=1)  # marks the W&B run failed; the next sweep job starts clean
+        tracking.finish(logger, exit_code=1)  # marks the W&B run failed; the next sweep job starts clean
         raise
-    _finish_wandb(logger, exit_code=0)
+    tracking.finish(logger, exit_code=0)
     _write_result(run_dir, {"status": "ok", "metrics": metrics})
     _print_summary(metrics, run_dir, logger)
     return metrics
-
-
-def _finish_wandb(logger: Any, exit_code: int) -> None:
-    if logger:
-        import wandb
-
-        wandb.finish(exit_code=exit_code)
 
 
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
@@ -153,10 +170,5 @@ def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> Non
     lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: all 243 pairs)"]
     lines.append(f"run dir        {run_dir}")
     if logger:
-        lines.append(f"W&B run        {_wandb_run_dir(run_dir)}")
+        lines.append(f"W&B run        {tracking.wandb_run_dir(run_dir)}")
     print("\n".join(lines))
-
-
-def _wandb_run_dir(run_dir: Path) -> str:
-    runs = sorted((run_dir / "wandb").glob("*run-*"))
-    return str(runs[-1]) if runs else "(none)"

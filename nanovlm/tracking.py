@@ -1,0 +1,135 @@
+"""Experiment tracking with Weights & Biases: run names and groups, the logger, offline fallback.
+
+Runs are offline by default (no key, no network needed) and land in <run_dir>/wandb; `wandb sync`
+uploads them later. Everything here is imported only when a logger is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from netrc import netrc
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def hydra_runtime() -> Any:
+    """Hydra's runtime config when running under @hydra.main, else None (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The W&B run name: `logger.name`, else a sweep job's number and overrides, else the group choices."""
+    if cfg.logger.get("name"):
+        return str(cfg.logger.name)
+    hydra_cfg = hydra_runtime()
+    if hydra_cfg is None:
+        return "-".join(cfg[g]._target_.rsplit(".", 1)[-1] for g in ("encoder", "text_encoder", "loss"))
+    if hydra_cfg.mode.name == "MULTIRUN":
+        return f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname or 'defaults'}"
+    choices = hydra_cfg.runtime.choices
+    return "-".join(str(choices.get(g)) for g in ("encoder", "text_encoder", "loss"))
+
+
+def run_group(cfg: DictConfig) -> str | None:
+    """The W&B group: `logger.group`, else one group per multirun sweep (named after its dir)."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    hydra_cfg = hydra_runtime()
+    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
+        return Path(hydra_cfg.sweep.dir).name
+    return None
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> Any:
+    """A WandbLogger writing into the run dir, offline by default; False when `logger=none`.
+
+    `run_id` (from a resumed checkpoint) makes W&B continue that run instead of starting a new one.
+    """
+    if not cfg.get("logger"):
+        return False
+    from lightning.pytorch.loggers import WandbLogger
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger_cfg = config["logger"]
+    logger_cfg.update(name=run_name(cfg), group=run_group(cfg))  # the logged config shows what was used
+    return WandbLogger(
+        project=logger_cfg["project"],
+        name=logger_cfg["name"],
+        group=logger_cfg["group"],
+        tags=logger_cfg.get("tags") or None,
+        mode=wandb_mode(logger_cfg["mode"]),
+        save_dir=str(run_dir),
+        config=config,
+        id=run_id,
+        resume="allow",
+    )
+
+
+def finish(logger: Any, exit_code: int) -> None:
+    """Close the W&B run (exit code 1 marks it failed), so the next job of a sweep starts clean."""
+    if logger:
+        import wandb
+
+        wandb.finish(exit_code=exit_code)
+
+
+def wandb_run_dir(run_dir: Path) -> str:
+    runs = sorted((run_dir / "wandb").glob("*run-*"))
+    return str(runs[-1]) if runs else "(none)"
+
+
+# --- W&B online without a key or a network: fall back to offline, never hang ------------------------------------
+
+
+def wandb_mode(requested: str) -> str:
+    """`online` only when an API key is configured and the W&B server answers within a few seconds.
+
+    Otherwise the run falls back to `offline` with a warning rather than failing: the run is not lost and
+    `wandb sync` uploads it later. wandb.init itself would prompt for a key or retry for minutes.
+    """
+    if requested != "online":
+        return requested
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(url).hostname or "api.wandb.ai"
+    port = urlparse(url).port or (443 if url.startswith("https") else 80)
+    if not (os.environ.get("WANDB_API_KEY") or _netrc_has(host)):
+        reason = "no W&B API key (WANDB_API_KEY or ~/.netrc)"
+    elif not _reachable(host, port):
+        reason = f"the W&B server {host}:{port} is unreachable"
+    else:
+        return "online"
+    message = f"logger.mode=online but {reason}: logging offline instead (upload later with `wandb sync`)"
+    warnings.warn(message, stacklevel=2)
+    return "offline"
+
+
+def _netrc_has(host: str) -> bool:
+    try:
+        return netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except Exception:  # no ~/.netrc, or one that does not parse
+        return False
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """TCP connect in a daemon thread: DNS lookups have no timeout of their own."""
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)

@@ -1,0 +1,275 @@
+"""Bad input gets one clear error; nothing is lost: resume, NaN guard, atomic checkpoints, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nanovlm import checkpoints
+from nanovlm.config import CONFIG_DIR, ConfigError
+from nanovlm.guards import NonFiniteLossError
+from nanovlm.losses import ClipLoss
+from nanovlm.tracking import wandb_mode
+from nanovlm.training import train
+from tests.conftest import QUIET, REPO
+
+TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
+
+
+def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *QUIET, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def wandb_runs(run_dir: Path) -> list[dict]:
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    out = []
+    for run in sorted((run_dir / "wandb").glob("offline-run-*")):
+        cmd = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run)]
+        out.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout))
+    return out
+
+
+# --- Bad input on the command line: one line, exit 2, no run dir, fast ------------------------------------------
+
+CLI_CASES = [
+    ("encoder=resnet", "error: unknown option encoder=resnet; allowed encoder options: cnn"),
+    ("model.foo=1", "error: unknown key model.foo; keys in model: embed_dim"),
+    ("model.embed_dim=abc", "error: model.embed_dim must be an integer, got 'abc'"),
+    ("loss.temperature=0", "error: loss.temperature must be > 0, got 0"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, override: str, message: str) -> None:
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    result = run_train(override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]  # exactly one line
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()  # no run dir (and so no W&B run) that could pass for a run
+    assert elapsed < 10, elapsed
+
+
+# --- Bad values caught by validation or a constructor, before anything heavy --------------------------------------
+
+BAD_VALUES = [
+    ("model.embed_dim=0", "model.embed_dim must be an integer > 0, got 0"),
+    ("model.embed_dim=-4", "model.embed_dim must be an integer > 0, got -4"),
+    ("loss.temperature=-0.1", "loss.temperature must be > 0, got -0.1"),
+    ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1), got 0"),
+    ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1), got 1.5"),
+    ("data.batch_size=1", "data.batch_size must be an integer >= 2 (a contrastive loss needs negatives), got 1"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, got 0"),
+    ("trainer.max_epochs=1.5", "trainer.max_epochs must be an integer, got 1.5"),
+    ("logger.mode=onlin", "logger.mode must be one of offline, online, disabled, got 'onlin'"),
+    ("optimizer.lr=fast", "optimizer.lr must be"),
+    ("encoder.channels=[8,x]", "encoder.channels must be a list of integers, got [8, 'x']"),
+    ("+encoder.depth=3", "unknown key encoder.depth for nanovlm.encoders.image.CNNEncoder; allowed keys: embed_dim"),
+    ("+trainer.max_epoch=3", "unknown key trainer.max_epoch for lightning.Trainer; allowed keys: accelerator"),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt: no such checkpoint file"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+def test_bad_value_raises_config_error_before_any_run_dir(make_cfg, tmp_path: Path, override: str, message: str):
+    cfg = make_cfg("logger=wandb", "logger.mode=offline", f"run_dir={tmp_path / 'run'}", override)
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def _options_with_key(group: str, *keys: str) -> list[str]:
+    """Config options (after other helpers' encoders are merged) that have one of `keys`."""
+    found = []
+    for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+        node = yaml.safe_load(path.read_text()) or {}
+        found += [f"{group}={path.stem}:{key}" for key in keys if key in node]
+    return found
+
+
+@pytest.mark.parametrize("option", _options_with_key("encoder", "patch_size"))
+def test_patch_size_must_divide_32(make_cfg, option: str) -> None:
+    choice, key = option.split(":")
+    with pytest.raises(ConfigError, match=rf"encoder\.{key} must divide 32, got 5"):
+        train(make_cfg(choice, f"encoder.{key}=5"))
+
+
+HEAD_OPTIONS = [o for g in ("encoder", "text_encoder") for o in _options_with_key(g, "heads", "num_heads")]
+
+
+@pytest.mark.parametrize("option", HEAD_OPTIONS)
+def test_heads_must_divide_the_width(make_cfg, option: str) -> None:
+    choice, key = option.split(":")
+    group = choice.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{group}\.{key}"):
+        train(make_cfg(choice, f"{group}.{key}=7"))
+
+
+# --- Checkpoints: missing, corrupt, mismatched; atomic writes --------------------------------------------------
+
+
+@pytest.fixture
+def trained_run(make_cfg, tmp_path: Path) -> Path:
+    """A run dir trained for one epoch with the tiny model."""
+    train(make_cfg(*TINY, "trainer.max_epochs=1", f"run_dir={tmp_path / 'trained'}"))
+    return tmp_path / "trained"
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused(make_cfg, trained_run: Path, tmp_path: Path) -> None:
+    last = trained_run / "checkpoints" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"^ckpt_path=.*truncated.ckpt: not a readable checkpoint, it may be trunc"):
+        train(make_cfg(*TINY, f"ckpt_path={truncated}"))
+    with pytest.raises(ConfigError, match=r"different model: .*model.embed_dim: 16 in the checkpoint, 8 now"):
+        train(make_cfg(*TINY, "model.embed_dim=8", f"ckpt_path={trained_run}"))
+    not_lightning = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(2)}, not_lightning)
+    with pytest.raises(ConfigError, match="not a Lightning checkpoint"):
+        train(make_cfg(*TINY, f"ckpt_path={not_lightning}"))
+
+
+def test_checkpoint_write_killed_midway_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    io = checkpoints.AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    class Crash:
+        def __reduce__(self):
+            raise KeyboardInterrupt  # stands in for a kill after part of the file is written
+
+    big = torch.zeros(1_000_000)  # written to disk before the crash
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": big}, "epoch": 2, "z": Crash()}, path)
+    assert (tmp_path / "last.ckpt.tmp").stat().st_size > 0  # a partial write happened, beside the real file
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+
+
+# --- W&B online without a key or a network: offline with a warning, never a hang ------------------------------
+
+
+def test_wandb_online_with_unreachable_server_falls_back_to_offline(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    start = time.perf_counter()
+    with pytest.warns(UserWarning, match="unreachable: logging offline instead"):
+        assert wandb_mode("online") == "offline"
+    assert time.perf_counter() - start < 5
+    assert wandb_mode("disabled") == "disabled"
+
+
+def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path) -> None:
+    """One subprocess for two CLI behaviours: `logger.mode=online` with no API key and an empty HOME logs offline
+    with a warning; a NaN loss (temperature so small that 1/tau overflows) stops at step 0, one line, exit 1,
+    and the W&B run is marked failed."""
+    run_dir = tmp_path / "run"
+    env = {"HOME": str(tmp_path), "WANDB_MODE": "online", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "none")}
+    result = run_train(
+        *TINY, "loss.temperature=1e-40", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline instead" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: training loss is nan at step 0 (epoch 0, batch 0); stopped before the update. "
+        "Lower optimizer.lr or check loss.temperature"
+    )
+    assert "Traceback" not in result.stderr
+    (run,) = wandb_runs(run_dir)
+    assert run["state"] == "failed"
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch) -> None:
+    calls = {"n": 0}
+    forward = ClipLoss.forward
+
+    def nan_on_sixth_batch(self, image_emb, text_emb):
+        loss = forward(self, image_emb, text_emb)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # 194 train pairs / 64 = 4 batches an epoch: the 6th is epoch 1, batch 1
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(ClipLoss, "forward", nan_on_sixth_batch)
+    cfg = make_cfg(*TINY, "trainer.max_epochs=3")
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 1, batch 1\)"):
+        train(cfg)
+    state = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+# --- Determinism and resume -------------------------------------------------------------------------------------
+
+
+def _val_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(("val/", "train/"))}
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path: Path) -> None:
+    runs = [train(make_cfg(*TINY, "trainer.max_epochs=2", f"seed={s}", f"run_dir={tmp_path / str(i)}"))
+            for i, s in enumerate((0, 0, 1))]  # fmt: skip
+    assert _val_metrics(runs[0]) == _val_metrics(runs[1])
+    assert _val_metrics(runs[0]) != _val_metrics(runs[2])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path) -> None:
+    epochs = 8
+    args = [*TINY, f"trainer.max_epochs={epochs}"]
+    # The run to interrupt: SIGKILL as soon as the second epoch's checkpoint is on disk.
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *QUIET, *args, f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=False)["epoch"]
+    assert 1 <= killed_at < epochs - 1
+
+    resumed_dir = tmp_path / "resumed"
+    result = run_train(*args, f"ckpt_path={killed_dir}", f"hydra.run.dir={resumed_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    cfg = make_cfg(*args, f"run_dir={tmp_path / 'uninterrupted'}")
+    uninterrupted = train(cfg)
+
+    # Same weights, bit for bit, and so the same final metrics (CPU: the kernels are deterministic).
+    ours = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours["epoch"] == ref["epoch"] == epochs - 1
+    for name, value in ref["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], value), name
+    # W&B continues the same run: offline run dirs are named offline-run-<time>-<run id>.
+    (before,) = (p.name.rsplit("-", 1)[1] for p in (killed_dir / "wandb").glob("offline-run-*"))
+    (after,) = wandb_runs(resumed_dir)
+    assert after["run_id"] == before
+    assert after["state"] == "finished" and after["summary"]["epoch"] == epochs - 1
+    for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss", "val/i2t_mean_rank"):
+        assert after["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
