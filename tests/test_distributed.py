@@ -1,0 +1,73 @@
+"""Data parallelism on CPU: 2 processes over gloo must mean the same as 1 process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nanovlm.config import CONFIG_DIR
+from nanovlm.metrics import RetrievalRecall
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_in_two_processes(fn, *args) -> list:
+    """Run fn(rank, world_size, *args) in 2 gloo processes; return what each rank returned."""
+    port = _free_port()
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_worker, args=(2, port, fn, args, results), nprocs=2, join=True)
+    return [results[r] for r in range(2)]
+
+
+def _worker(rank: int, world: int, port: int, fn, args, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results[rank] = fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _recall_on_shards(rank: int, world: int, scores: torch.Tensor, targets: torch.Tensor) -> dict:
+    # Like a DistributedSampler over 5 queries for 2 ranks: rank 0 gets 0, 2, 4 and rank 1 gets 1, 3 and a
+    # padding repeat of query 0.
+    shard = torch.tensor([[0, 2, 4], [1, 3, 0]][rank])
+    metric = RetrievalRecall(ks=(1, 2))
+    metric.update(scores[shard], targets[shard], shard)
+    return {k: v.item() for k, v in metric.compute().items()}
+
+
+def test_recall_under_two_processes_counts_each_query_once() -> None:
+    torch.manual_seed(0)
+    scores, targets = torch.randn(5, 7), torch.tensor([0, 3, 6, 2, 5])
+    single = RetrievalRecall(ks=(1, 2))
+    single.update(scores, targets, torch.arange(5))
+    expected = {k: v.item() for k, v in single.compute().items()}
+    for got in _run_in_two_processes(_recall_on_shards, scores, targets):
+        assert got == pytest.approx(expected)
+
+
+def test_slurm_launcher_takes_its_shape_from_the_trainer() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 2)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
