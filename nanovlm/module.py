@@ -32,6 +32,8 @@ class DualEncoder(L.LightningModule):
         self.optimizer_factory = optimizer
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
         self._gallery: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The resolved config, saved in every checkpoint so `nanovlm.evaluate` can rebuild this model.
+        self.config: dict | None = None
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image_encoder(images), self.text_encoder(tokens)
@@ -67,6 +69,10 @@ class DualEncoder(L.LightningModule):
         metrics["val/R@1"] = (metrics["val/i2t_R@1"] + metrics["val/t2i_R@1"]) / 2
         self.log_dict(metrics, prog_bar=False)
         self._gallery = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.config is not None:
+            checkpoint["nanovlm"] = self.config
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

@@ -17,12 +17,14 @@ from nanovlm.module import DualEncoder
 
 def build_model(cfg: DictConfig) -> DualEncoder:
     """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint)."""
-    return DualEncoder(
+    model = DualEncoder(
         image_encoder=instantiate(cfg.encoder),
         text_encoder=instantiate(cfg.text_encoder, vocab_size=len(VOCAB)),
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
     )
+    model.config = OmegaConf.to_container(cfg, resolve=True)  # travels in checkpoints
+    return model
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -72,7 +74,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
     ]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=checkpoints, default_root_dir=str(run_dir))
+    callbacks = [*checkpoints, instantiate(cfg.plots)] if cfg.get("plots") else checkpoints
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
     ok = False
     try:
         start = time.perf_counter()
