@@ -62,7 +62,9 @@ def load_checkpoint(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"ckpt: the weights in {str(path)!r} do not fit the model its config describes: {err}") from err
+        raise ValueError(
+            f"ckpt: the weights in {str(path)!r} do not fit the model its config describes: {err}"
+        ) from err
     return model.eval(), config
 
 
@@ -121,13 +123,17 @@ def load_image(spec: str) -> tuple[torch.Tensor, str]:
         raise ValueError(f"image: neither a gallery index (0..242) nor an existing file: {spec!r}")
     picture = Image.open(path).convert("RGB")
     if picture.size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"image: the file must be {IMAGE_SIZE}x{IMAGE_SIZE} pixels, got {picture.size[0]}x{picture.size[1]}")
+        raise ValueError(
+            f"image: the file must be {IMAGE_SIZE}x{IMAGE_SIZE} pixels, got {picture.size[0]}x{picture.size[1]}"
+        )
     pixels = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8).view(IMAGE_SIZE, IMAGE_SIZE, 3)
     return pixels.permute(2, 0, 1).float().div(255), f"file {spec}"  # [3, H, W]
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
-    head = f"{'':14}" + "".join(f"{d + ' ' + k:>10}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean", "med"))
+    head = f"{'':14}" + "".join(
+        f"{d + ' ' + k:>10}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean", "med")
+    )
     lines = [head]
     for name, m in rows.items():
         cells = [m[f"{d}_{k}"] for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")]
@@ -214,16 +220,22 @@ def parse_args(argv: list[str]) -> EvalConfig:
     bad = [a for a in argv if "=" not in a]
     if bad:
         raise ValueError(f"arguments are key=value (keys: ckpt, out, query, image, top_k, plots), got {bad}")
+    if not any(a.startswith("ckpt=") for a in argv):
+        raise ValueError("ckpt is required: python -m nanovlm.evaluate ckpt=<a .ckpt from train.py> [key=value ...]")
     schema = OmegaConf.structured(EvalConfig)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(argv))
         cfg: EvalConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except Exception as err:  # omegaconf's errors name the key and the expected type
-        raise ValueError(str(err).splitlines()[0]) from err
+    except Exception as err:  # omegaconf's errors say what is wrong; prefix the key it was about
+        key = getattr(err, "full_key", None)
+        raise ValueError(f"{key + ': ' if key else ''}{str(err).splitlines()[0]}") from err
     if cfg.top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {cfg.top_k}")
     if cfg.image is not None:
         cfg.image = str(cfg.image)
+        load_image(cfg.image)  # fail before the work, not after it
+    if cfg.query is not None:
+        Tokenizer().encode(cfg.query)
     return cfg
 
 

@@ -151,9 +151,7 @@ def sphere_scatter(
     fig = plt.figure(figsize=(7, 7))
     ax = fig.add_subplot(projection="3d")
     u, v = torch.meshgrid(torch.linspace(0, 2 * torch.pi, 30), torch.linspace(0, torch.pi, 15), indexing="ij")
-    ax.plot_wireframe(
-        (u.cos() * v.sin()).numpy(), (u.sin() * v.sin()).numpy(), v.cos().numpy(), color="0.85", lw=0.4
-    )
+    ax.plot_wireframe((u.cos() * v.sin()).numpy(), (u.sin() * v.sin()).numpy(), v.cos().numpy(), color="0.85", lw=0.4)
     for a, b in zip(img, txt, strict=True):
         ax.plot(*zip(a, b, strict=True), color="0.6", lw=0.5)
     ax.scatter(*img.T, c=colours, marker="o", s=20, edgecolors="k", linewidths=0.3, depthshade=False)
@@ -169,9 +167,10 @@ def confusion_matrix(path: Path, counts: torch.Tensor, labels: Sequence[str], ti
     counts = counts.cpu()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
     ax.imshow(counts.numpy(), cmap="Blues")
-    for (i, j), c in zip(torch.cartesian_prod(*(torch.arange(n) for n in counts.shape)).tolist(), counts.flatten()):
-        if c:
-            ax.text(j, i, int(c), ha="center", va="center", color="white" if c > counts.max() / 2 else "black")
+    for i, row in enumerate(counts.tolist()):
+        for j, c in enumerate(row):
+            if c:
+                ax.text(j, i, c, ha="center", va="center", color="white" if c > counts.max() / 2 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
