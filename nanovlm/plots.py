@@ -74,6 +74,7 @@ def embedding_bands(
             )
             ax.set_title(f"{modality} embeddings {stage}".strip())
             ax.set_xlabel("embedding dimension")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             if captions is not None:  # name each first-word block (the colour) at its middle
                 ax.set_yticks(*_block_ticks([c.split()[0] for c in captions]))
             if col == 0:
