@@ -7,8 +7,9 @@ Three things make `ckpt_path=<last.ckpt>` exact:
   truncated last.ckpt.
 - `ResumableRun` reseeds torch before every epoch from (seed, epoch). Lightning does not checkpoint the
   global RNG that the DataLoader's shuffle draws from, so without this a resumed run sees other batches.
-- `ResumableRun` also stores the W&B run id and the model config in the checkpoint: the resumed run logs to
-  the same W&B run, and a checkpoint of another model is refused with a message instead of a shape error.
+- `ResumableRun` also stores the W&B run id and the resolved config in the checkpoint: the resumed run logs to
+  the same W&B run, a checkpoint of another model is refused with a message instead of a shape error, and
+  `nanovlm.evaluate` rebuilds the right encoders from the checkpoint alone.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class ResumableRun(L.Callback):
     """Per-epoch reseeding and run metadata in every checkpoint (see the module docstring)."""
 
-    def __init__(self, seed: int, model_config: dict[str, Any], wandb_run_id: str | None) -> None:
-        self.seed, self.model_config, self.wandb_run_id = seed, model_config, wandb_run_id
+    def __init__(self, seed: int, config: dict[str, Any], wandb_run_id: str | None) -> None:
+        self.seed, self.config, self.wandb_run_id = seed, config, wandb_run_id
         self._resumed = False
 
     # The DataLoader draws its shuffle seed from the global torch RNG when its iterator is made: for the first
@@ -73,7 +74,7 @@ class ResumableRun(L.Callback):
         torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch + 1))
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"model_config": self.model_config, "wandb_run_id": self.wandb_run_id}
+        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "wandb_run_id": self.wandb_run_id}
 
 
 def resolve_ckpt_path(ckpt_path: str) -> Path:
@@ -89,7 +90,8 @@ def resolve_ckpt_path(ckpt_path: str) -> Path:
 def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
     """Read a checkpoint on the CPU; a truncated or foreign file becomes a ConfigError naming it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, no arbitrary code from the pickle.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(
             f"{key}={path}: not a readable checkpoint, it may be truncated or corrupt "
@@ -101,13 +103,16 @@ def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
     return checkpoint
 
 
-def check_compatible(
-    checkpoint: dict[str, Any], model: torch.nn.Module, model_config: dict[str, Any], path: Path
-) -> None:
+def saved_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved config the checkpoint's run was trained with (None for a foreign checkpoint)."""
+    return checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+
+
+def check_compatible(checkpoint: dict[str, Any], model: torch.nn.Module, config: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint of another model, naming the config keys (or parameters) that differ."""
-    saved = checkpoint.get(CHECKPOINT_KEY, {}).get("model_config")
+    saved = saved_config(checkpoint)
     if saved is not None:
-        diffs = _diff(saved, model_config)
+        diffs = _diff(*({k: c.get(k) for k in MODEL_SECTIONS} for c in (saved, config)))
         if diffs:
             shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:3])
             raise ConfigError(f"ckpt_path={path} was trained with a different model: {shown}")

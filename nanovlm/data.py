@@ -117,6 +117,35 @@ def build_tensors() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return images.contiguous(), Tokenizer().encode_batch(captions), captions
 
 
+SPLITS: tuple[str, ...] = ("random", "compositional")
+
+
+def parse_holdout(holdout: Sequence[str]) -> set[tuple[str, str]]:
+    """{(colour, shape)} from data.holdout's "<colour> <shape>" strings, checked against the vocabulary.
+
+    Holding out every shape of a colour (or every colour of a shape) would leave that word unseen in
+    training, which tests vocabulary coverage rather than composition, so it is refused.
+    """
+    if isinstance(holdout, str) or not holdout:
+        raise ValueError(f'data.holdout must be a non-empty list of "<colour> <shape>" strings, got {holdout!r}')
+    combos: set[tuple[str, str]] = set()
+    for item in holdout:
+        words = str(item).split()
+        if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
+            raise ValueError(
+                f'data.holdout entries are "<colour> <shape>" with colour in {", ".join(COLOURS)} and shape in '
+                f"{', '.join(SHAPES)}, got {item!r}"
+            )
+        combos.add((words[0], words[1]))
+    for colour in COLOURS:
+        if all((colour, shape) in combos for shape in SHAPES):
+            raise ValueError(f"data.holdout holds out every shape of {colour!r}, so the word is never trained on")
+    for shape in SHAPES:
+        if all((colour, shape) in combos for colour in COLOURS):
+            raise ValueError(f"data.holdout holds out every colour of {shape!r}, so the word is never trained on")
+    return combos
+
+
 class ShapesDataset(Dataset):
     """A view of some items of the in-memory tensors. `__getitems__` lets the DataLoader fetch a
     whole batch with one indexing op instead of collating items one by one."""
@@ -141,21 +170,36 @@ def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class ShapesDataModule(L.LightningDataModule):
-    """Generates all 243 pairs once, splits them with a seeded generator, serves tensor batches.
+    """Generates all 243 pairs once, splits them, serves tensor batches.
+
+    `split="random"`: a seeded random val_fraction of the pairs is val. `split="compositional"`: val is
+    every pair of the `holdout` colour x shape combos (val_fraction and split_seed are unused).
 
     `gallery()` gives all 243 items: retrieval is ranked against the whole caption/image space,
     since a val-only gallery of 49 would make the task easier than it is.
     """
 
-    def __init__(self, batch_size: int = 64, val_fraction: float = 0.2, split_seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        split: str = "random",
+        holdout: Sequence[str] = ("yellow triangle", "blue circle"),
+    ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size < 2:
             raise ValueError(f"data.batch_size must be >= 2 for a contrastive loss, got {batch_size}")
+        if split not in SPLITS:
+            raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
         self.images, self.tokens, self.captions = build_tensors()
-        self.train_idx, self.val_idx = self.split(len(self.captions), val_fraction, split_seed)
+        if split == "compositional":
+            self.train_idx, self.val_idx = self.compositional_split(holdout)
+        else:
+            self.train_idx, self.val_idx = self.split(len(self.captions), val_fraction, split_seed)
 
     @staticmethod
     def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +207,15 @@ class ShapesDataModule(L.LightningDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         n_val = round(n * val_fraction)
         return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+    @staticmethod
+    def compositional_split(holdout: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) where val is every item of the held-out "<colour> <shape>" combos, all 9
+        positions, and train is the rest: each held-out colour and shape is still seen in training,
+        only never together, so val measures whether the model composes them."""
+        combos = parse_holdout(holdout)
+        in_val = torch.tensor([(c, s) in combos for c, s, _ in all_triples()])
+        return torch.nonzero(~in_val).flatten(), torch.nonzero(in_val).flatten()
 
     def gallery(self) -> dict[str, torch.Tensor]:
         return {"image": self.images, "tokens": self.tokens, "index": torch.arange(len(self.captions))}

@@ -55,14 +55,9 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any
     if cfg.get("ckpt_path"):
         path = checkpoints.resolve_ckpt_path(cfg.ckpt_path)
         checkpoint = checkpoints.load_checkpoint(path)
-        checkpoints.check_compatible(checkpoint, model, model_config(cfg), path)
+        checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
         checkpoint["path"] = str(path)
     return model, datamodule, checkpoint
-
-
-def model_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config sections that decide the model's parameters, stored in checkpoints to catch mismatches."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in checkpoints.MODEL_SECTIONS if k in cfg}
 
 
 def _as_config_error(exc: InstantiationException) -> ConfigError:
@@ -131,9 +126,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
-            checkpoints.ResumableRun(cfg.seed, model_config(cfg), run_id),
+            checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
             NonFiniteLossGuard(),
         ]
+        if cfg.get("plots"):
+            callbacks.append(instantiate(cfg.plots))
         trainer: L.Trainer = instantiate(
             cfg.trainer,
             logger=logger,

@@ -110,3 +110,36 @@ def test_dataloaders_serve_tensor_batches_of_the_right_items() -> None:
 def test_datamodule_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ShapesDataModule(**kwargs)
+
+
+HOLDOUTS = [["yellow triangle", "blue circle"], ["red square"], ["white circle", "white square"]]
+
+
+@pytest.mark.parametrize("holdout", HOLDOUTS)
+def test_compositional_split_holds_out_exactly_the_chosen_combos(holdout: list[str]) -> None:
+    dm = ShapesDataModule(split="compositional", holdout=holdout)
+    chosen = {tuple(h.split()) for h in holdout}
+    triples = all_triples()
+    val = {triples[i] for i in dm.val_idx.tolist()}
+    train = {triples[i] for i in dm.train_idx.tolist()}
+    # val is every position of every chosen combo, and nothing else; train is everything else.
+    assert val == {(c, s, p) for c, s in chosen for p in POSITIONS}
+    assert len(val) == 9 * len(chosen) and train.isdisjoint(val) and len(train) + len(val) == 243
+    assert not any((c, s) in chosen for c, s, _ in train)
+    # Each held-out colour and shape is still trained on, just never together.
+    assert {c for c, _ in chosen} <= {c for c, _, _ in train} and {s for _, s in chosen} <= {s for _, s, _ in train}
+    served = torch.cat([b["index"] for b in dm.val_dataloader()])
+    assert {triples[i] for i in served.tolist()} == val
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"split": "stratified"}, "data.split must be one of random, compositional, got 'stratified'"),
+    ({"split": "compositional", "holdout": ["teal circle"]}, r"data.holdout entries are .*got 'teal circle'"),
+    ({"split": "compositional", "holdout": ["red"]}, r"data.holdout entries are .*got 'red'"),
+    ({"split": "compositional", "holdout": []}, "data.holdout must be a non-empty list"),
+    ({"split": "compositional", "holdout": [f"red {s}" for s in SHAPES]}, "every shape of 'red'"),
+    ({"split": "compositional", "holdout": [f"{c} circle" for c in COLOURS]}, "every colour of 'circle'"),
+])  # fmt: skip
+def test_compositional_split_rejects_bad_holdouts(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ShapesDataModule(**kwargs)

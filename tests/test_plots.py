@@ -1,0 +1,93 @@
+"""nanovlm.plots: every picture is a real PNG; the callback draws them in the run dir and logs them to W&B."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from nanovlm import plots
+from nanovlm.config import CONFIG_DIR
+from nanovlm.data import all_triples, build_tensors
+from nanovlm.training import train
+from tests.conftest import QUIET
+from tests.test_train import inspect_wandb_run
+
+
+def assert_png(path: Path, min_size: tuple[int, int] = (200, 150)) -> None:
+    """A non-empty PNG that opens, of at least `min_size` pixels, and not one flat colour."""
+    assert path.is_file() and path.stat().st_size > 2000, path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size >= min_size
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(2)) > 1
+
+
+def random_embeddings(n: int = 243, dim: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    return image, F.normalize(image + 0.3 * torch.randn(n, dim, generator=g), dim=-1)
+
+
+def test_every_picture_function_writes_a_png(tmp_path: Path) -> None:
+    image, text = random_embeddings()
+    _, _, captions = build_tensors()
+    triples = all_triples()
+    assert_png(plots.embedding_bands(tmp_path / "bands.png", (image, text), random_embeddings(seed=1), captions))
+    assert_png(plots.similarity_matrix(tmp_path / "sim.png", image, text, captions))
+    assert_png(plots.pca_scatter(tmp_path / "pca.png", image, text, triples))
+    assert_png(plots.sphere_scatter(tmp_path / "sphere.png", *random_embeddings(dim=3), triples))
+    counts = torch.randint(0, 5, (3, 3))
+    assert_png(plots.confusion_matrix(tmp_path / "cm.png", counts, ["circle", "square", "triangle"], "t"), (100, 100))
+    images, _, _ = build_tensors()
+    assert_png(plots.image_grid(tmp_path / "sub" / "grid.png", images[:4], list("abcd"), "query"))
+
+
+def test_pictures_depend_on_the_embeddings(tmp_path: Path) -> None:
+    image, text = random_embeddings()
+    _, _, captions = build_tensors()
+    a = plots.similarity_matrix(tmp_path / "a.png", image, text, captions).read_bytes()
+    b = plots.similarity_matrix(tmp_path / "b.png", image, image, captions).read_bytes()
+    assert a != b
+
+
+def test_sphere_needs_three_dims(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model\.embed_dim=3"):
+        plots.sphere_scatter(tmp_path / "s.png", *random_embeddings(dim=4), all_triples())
+
+
+def test_draw_embedding_pictures_adds_the_sphere_only_in_3d(tmp_path: Path) -> None:
+    _, _, captions = build_tensors()
+    flat = plots.draw_embedding_pictures(tmp_path / "d8", random_embeddings(dim=8), captions, all_triples())
+    ball = plots.draw_embedding_pictures(tmp_path / "d3", random_embeddings(dim=3), captions, all_triples())
+    assert set(flat) == {"bands", "similarity", "pca"} and set(ball) == {*flat, "sphere"}
+
+
+def test_every_n_epochs_must_be_non_negative() -> None:
+    with pytest.raises(ValueError, match=r"plots.every_n_epochs must be >= 0"):
+        plots.EmbeddingPlots(every_n_epochs=-1)
+
+
+@pytest.mark.slow
+def test_callback_saves_pictures_in_the_run_dir_and_wandb(tmp_path: Path, monkeypatch) -> None:
+    """A 3-epoch run with every_n_epochs=2, embed_dim=3, W&B offline: end pictures, the epoch-2 ones,
+    and all of them as W&B media."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [
+        f"run_dir={tmp_path}", "logger.mode=offline", "trainer.max_epochs=3", "plots.every_n_epochs=2",
+        "model.embed_dim=3", *QUIET,
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    train(cfg)
+    for name in ("bands", "similarity", "pca", "sphere"):
+        assert_png(tmp_path / "plots" / f"{name}.png")
+        assert_png(tmp_path / "plots" / "epoch_002" / f"{name}.png")
+    assert not (tmp_path / "plots" / "epoch_003").exists()  # the last epoch is the end-of-fit picture
+    (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    media = sorted(p.name for p in (wandb_run / "files" / "media" / "images" / "plots").glob("*.png"))
+    for name in ("bands", "similarity", "pca", "sphere"):
+        assert sum(m.startswith(f"{name}_") for m in media) == 2, media  # epoch 2 and the end
+    summary = inspect_wandb_run(tmp_path)["summary"]
+    assert summary["plots/bands"]["_type"] == "images/separated" and summary["plots/bands"]["count"] == 1
