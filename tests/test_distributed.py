@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from nanovlm.config import CONFIG_DIR
+from nanovlm.losses import ClipLoss, SigLipLoss
 from nanovlm.metrics import RetrievalRecall
 
 
@@ -71,3 +72,44 @@ def test_slurm_launcher_takes_its_shape_from_the_trainer() -> None:
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert (launcher["tasks_per_node"], launcher["gpus_per_node"], launcher["nodes"]) == (4, 4, 2)
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
+
+
+def _loss_and_grads(loss_name: str, images: torch.Tensor, texts: torch.Tensor, rank: int | None, world: int) -> dict:
+    """One step of a tiny dual encoder (two linear maps + the loss) on this rank's share of the batch;
+    parameter gradients averaged over ranks, as DDP does."""
+    torch.manual_seed(0)
+    image_proj, text_proj = torch.nn.Linear(6, 4).double(), torch.nn.Linear(5, 4).double()
+    loss_fn = (ClipLoss(0.1, learnable_temperature=True) if loss_name == "clip" else SigLipLoss(bias=-2.0)).double()
+    if rank is not None:  # contiguous shards, like a DistributedSampler without shuffling
+        share = len(images) // world
+        images, texts = images[rank * share : (rank + 1) * share], texts[rank * share : (rank + 1) * share]
+    img = torch.nn.functional.normalize(image_proj(images), dim=-1)
+    txt = torch.nn.functional.normalize(text_proj(texts), dim=-1)
+    loss = loss_fn(img, txt)
+    loss.backward()
+    params = {"image": image_proj.weight, "text": text_proj.weight, "scale": loss_fn.logit_scale}
+    if loss_name == "siglip":
+        params["bias"] = loss_fn.logit_bias
+    grads = {k: p.grad.clone() for k, p in params.items()}
+    if rank is not None:
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        loss = loss.detach().clone()
+        dist.all_reduce(loss)
+        loss /= world  # each rank's loss is a mean over its own queries: the global loss is their mean
+    return {"loss": loss.detach(), **grads}
+
+
+def _two_rank_step(rank: int, world: int, loss_name: str, images: torch.Tensor, texts: torch.Tensor) -> dict:
+    return _loss_and_grads(loss_name, images, texts, rank, world)
+
+
+@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
+def test_two_processes_match_one_process_with_the_doubled_batch(loss_name: str) -> None:
+    torch.manual_seed(1)
+    images, texts = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    single = _loss_and_grads(loss_name, images, texts, rank=None, world=1)
+    for got in _run_in_two_processes(_two_rank_step, loss_name, images, texts):
+        for key, value in single.items():
+            torch.testing.assert_close(got[key], value, msg=lambda m, k=key: f"{loss_name} {k}: {m}")
