@@ -45,6 +45,10 @@ class AttentionTextEncoder(nn.Module):
         if max_len < 1:
             raise ValueError(f"text_encoder.max_len must be >= 1, got {max_len}")
         self.embed = nn.Embedding(vocab_size, width)
+        # Small embeddings (GPT-2's std 0.02, not nn.Embedding's 1): the [CLS] residual then starts
+        # near 0 and its output is set by what attention reads from the words. With std 1 the
+        # constant [CLS] embedding dominates and every caption starts at cosine ~0.97 to every other.
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
         self.blocks = transformer_blocks(width, depth, heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(width)
