@@ -2,6 +2,10 @@
 
 A loss owns the parameters that define it (CLIP's temperature, SigLIP's scale and bias) so that
 choosing a loss in the config is the whole change; the module just calls `loss(img, txt)`.
+
+The maths lives in two plain functions, `clip_loss` and `siglip_loss`, that take the logit scale
+(and bias) as arguments and accept a `label_offset`: with embeddings gathered from other processes,
+a process passes its local queries, the gathered gallery and the position of its own items in it.
 """
 
 from __future__ import annotations
@@ -9,31 +13,131 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+# open_clip caps the learned logit scale at 100 (tau >= 0.01): beyond it training gets unstable.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every process's `x` [B, D] concatenated in rank order [W*B, D], and where this process's rows start.
+
+    The gather keeps gradients: backward sums, over all processes, the gradients that flow into each
+    process's rows. With DDP then averaging parameter gradients, N processes with batch B train exactly
+    like one process with batch N*B (open_clip's gather_with_grad + local_loss design). Outside a
+    process group it returns (x, 0), so the single-process path costs nothing.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x)), dist.get_rank() * len(x)
+
+
+def clip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    all_image_emb: torch.Tensor | None = None,
+    all_text_emb: torch.Tensor | None = None,
+    label_offset: int = 0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE. Local queries [B, D] are ranked against the (possibly gathered) other
+    side [N, D]; query i's positive is column i + label_offset. `logit_scale` is log(1/tau)."""
+    all_image_emb = image_emb if all_image_emb is None else all_image_emb
+    all_text_emb = text_emb if all_text_emb is None else all_text_emb
+    scale = logit_scale.exp()
+    logits_per_image = scale * image_emb @ all_text_emb.T  # [B, N]
+    logits_per_text = scale * text_emb @ all_image_emb.T  # [B, N]
+    labels = torch.arange(len(image_emb), device=image_emb.device) + label_offset
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def siglip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    label_offset: int = 0,
+) -> torch.Tensor:
+    """Pairwise sigmoid loss, -sum_ij log sigmoid(z_ij * (s * x_i . y_j + b)) / B, with z_ij = +1
+    for the true pair (j = i + label_offset) and -1 otherwise. `text_emb` [N, D] may be gathered."""
+    logits = logit_scale.exp() * image_emb @ text_emb.T + logit_bias  # [B, N]
+    rows = torch.arange(len(image_emb), device=logits.device)
+    signs = -torch.ones_like(logits)
+    signs[rows, rows + label_offset] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / len(image_emb)
+
 
 class ClipLoss(nn.Module):
-    """Symmetric InfoNCE: cross-entropy of image->text and text->image over logits = sim / tau.
+    """CLIP's symmetric cross-entropy over logits = cosine / tau.
 
-    The temperature is stored as a log logit scale, log(1/tau), the form open_clip learns it in.
+    tau is stored as a log logit scale, log(1/tau), the form open_clip learns it in. Fixed by
+    default (a buffer, any tau > 0); with `learnable_temperature` it is a parameter, clamped to at
+    most ln 100 (tau >= 0.01) before every use, as open_clip does after each step.
     """
 
-    def __init__(self, temperature: float = 0.07) -> None:
+    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
-        self.register_buffer("logit_scale", torch.tensor(math.log(1.0 / temperature)))
+        init = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("logit_scale", init)
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.logit_scale.exp().reciprocal()
+        return self.logit_scale.detach().exp().reciprocal()
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        logits = self.logit_scale.exp() * image_emb @ text_emb.T  # [B, B]; row i = image i
-        labels = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        if isinstance(self.logit_scale, nn.Parameter):
+            _clamp_logit_scale(self.logit_scale)
+        all_image_emb, offset = gather_with_grad(image_emb)
+        all_text_emb, _ = gather_with_grad(text_emb)
+        return clip_loss(image_emb, text_emb, self.logit_scale, all_image_emb, all_text_emb, offset)
 
     def extra_log(self) -> dict[str, torch.Tensor]:
         """Scalars worth a line on the dashboard."""
         return {"temperature": self.temperature}
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP's pairwise sigmoid loss with a learnable logit scale and bias.
+
+    The scale starts at `scale` (learned as its log, like CLIP's). The bias starts at `bias`; None
+    means -ln(batch_size), which makes the initial sigmoid of a negative pair about 1/batch_size,
+    the true share of positives. The paper's -10 suits its 32k batches; at batch 64 it buries
+    the positives so deep that training stalls near chance.
+    """
+
+    def __init__(
+        self, scale: float = 10.0, bias: float | None = None, batch_size: int = 64, learnable: bool = True
+    ) -> None:
+        super().__init__()
+        if not 0.0 < scale <= 100.0:
+            raise ValueError(f"loss.scale must be in (0, 100], got {scale}")
+        if bias is None and batch_size < 2:
+            raise ValueError(f"loss.batch_size must be >= 2 to set loss.bias to -ln(batch_size), got {batch_size}")
+        bias = -math.log(batch_size) if bias is None else bias
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learnable)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias)), requires_grad=learnable)
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        _clamp_logit_scale(self.logit_scale)
+        # Each process scores its own images against every process's texts: together the N*B x N*B pairs.
+        all_text_emb, offset = gather_with_grad(text_emb)
+        return siglip_loss(image_emb, all_text_emb, self.logit_scale, self.logit_bias, offset)
+
+    def extra_log(self) -> dict[str, torch.Tensor]:
+        return {"scale": self.logit_scale.detach().exp(), "bias": self.logit_bias.detach()}
+
+
+@torch.no_grad()
+def _clamp_logit_scale(logit_scale: torch.Tensor) -> None:
+    """In place, like open_clip's `logit_scale.clamp_(0, ln 100)` after each optimizer step: the
+    parameter itself stays in range, so a gradient can bring it back down at once."""
+    logit_scale.clamp_(max=MAX_LOGIT_SCALE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -10,7 +11,25 @@ from torch import nn
 
 from nanovlm.metrics import RetrievalRecall
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+# Only the weight matrices of these layers are decayed (MultiheadAttention owns its fused
+# in_proj_weight directly). Biases, norms, embeddings, [CLS]/positional parameters and the
+# loss's scale/bias are not: shrinking them towards 0 has no regularising meaning.
+DECAYED_LAYERS = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+
+
+def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decay, no_decay): trainable parameters split as in nanoGPT/open_clip."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_matrix = isinstance(module, DECAYED_LAYERS) and name.endswith("weight")
+            (decay if is_matrix else no_decay).append(param)
+    return decay, no_decay
 
 
 class DualEncoder(L.LightningModule):
@@ -26,10 +45,11 @@ class DualEncoder(L.LightningModule):
         text_encoder: nn.Module,
         loss: nn.Module,
         optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder, self.text_encoder, self.loss = image_encoder, text_encoder, loss
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
         self._gallery: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -40,9 +60,10 @@ class DualEncoder(L.LightningModule):
         image_emb, text_emb = self(batch["image"], batch["tokens"])
         loss = self.loss(image_emb, text_emb)
         n = len(image_emb)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for name, value in self.loss.extra_log().items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -65,8 +86,15 @@ class DualEncoder(L.LightningModule):
             metric.reset()
         # One number for checkpointing and sweeps: both directions must be good.
         metrics["val/R@1"] = (metrics["val/i2t_R@1"] + metrics["val/t2i_R@1"]) / 2
-        self.log_dict(metrics, prog_bar=False)
+        self.log_dict(metrics, sync_dist=True)  # already global (metric sync); avoids a DDP warning
         self._gallery = None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """The optimizer's own weight_decay applies to weight matrices only (see DECAYED_LAYERS);
+        with a scheduler factory, it is stepped every batch over the whole run."""
+        decay, no_decay = weight_decay_groups(self)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -31,6 +31,7 @@ def build_model(cfg: DictConfig) -> DualEncoder:
         text_encoder=instantiate(cfg.text_encoder, vocab_size=len(VOCAB)),
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
     )
 
 

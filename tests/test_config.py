@@ -8,7 +8,7 @@ from nanovlm.config import CONFIG_DIR
 from nanovlm.data import build_tensors
 from nanovlm.training import build_model
 
-GROUPS = ("data", "encoder", "text_encoder", "loss", "optimizer", "trainer", "logger", "plots")
+GROUPS = ("data", "encoder", "text_encoder", "loss", "optimizer", "scheduler", "trainer", "logger", "plots")
 
 
 def options(group: str) -> list[str]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.losses import ClipLoss
+from nanovlm.losses import ClipLoss, SigLipLoss, clip_loss, siglip_loss
 
 
 def reference_clip_loss(img: torch.Tensor, txt: torch.Tensor, tau: float) -> torch.Tensor:
@@ -46,3 +46,91 @@ def test_clip_loss_is_near_zero_for_perfectly_separated_pairs() -> None:
 def test_temperature_must_be_positive() -> None:
     with pytest.raises(ValueError, match=r"loss\.temperature must be > 0"):
         ClipLoss(0.0)
+
+
+def reference_siglip_loss(img: torch.Tensor, txt: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
+    """The SigLIP loss as the paper writes it: -1/N sum_i sum_j log(1 / (1 + exp(z_ij (-s x_i.y_j - b))))."""
+    n = len(img)
+    total = img.new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            total = total - torch.log(1 / (1 + torch.exp(z * (-scale * (img[i] @ txt[j]) - bias))))
+    return total / n
+
+
+@pytest.mark.parametrize(("scale", "bias"), [(10.0, -10.0), (10.0, -math.log(7)), (3.0, 1.0)])
+def test_siglip_loss_matches_reference_value_and_gradients(scale: float, bias: float) -> None:
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    loss = SigLipLoss(scale=scale, bias=bias).double()
+    ours = loss(img, txt)
+    ref = reference_siglip_loss(img, txt, scale, bias)
+    torch.testing.assert_close(ours, ref)
+    grads = torch.autograd.grad(ours, (img, txt))
+    ref_grads = torch.autograd.grad(ref, (img, txt))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+def test_siglip_gradients_reach_scale_and_bias() -> None:
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    loss = SigLipLoss(scale=10.0, bias=0.0)
+    loss(img, txt).backward()
+    # 30 negatives vs 6 positives at b = 0: lowering the bias must help, so d loss / d b > 0.
+    assert loss.logit_bias.grad is not None and loss.logit_bias.grad.item() > 0
+    assert loss.logit_scale.grad is not None and loss.logit_scale.grad.item() != 0
+    # d loss / d b written out: sum_ij z_ij (sigmoid(z_ij * logit_ij) - 1) / N.
+    with torch.no_grad():
+        logits = 10.0 * img @ txt.T
+        z = 2 * torch.eye(6) - 1
+        expected = (z * (torch.sigmoid(z * logits) - 1)).sum() / 6
+    torch.testing.assert_close(loss.logit_bias.grad, expected)
+
+
+def test_siglip_bias_defaults_to_minus_log_batch_size_and_logs_scale_and_bias() -> None:
+    loss = SigLipLoss(batch_size=64)
+    assert loss.logit_bias.item() == pytest.approx(-math.log(64))
+    logged = loss.extra_log()
+    assert logged["scale"].item() == pytest.approx(10.0) and logged["bias"].item() == pytest.approx(-math.log(64))
+    assert not SigLipLoss(learnable=False).logit_bias.requires_grad
+
+
+def test_siglip_with_label_offset_picks_the_shifted_positives() -> None:
+    """A process holding items 3..5 of a gathered batch of 9 scores them against all 9 texts."""
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(9, 8), dim=-1), F.normalize(torch.randn(9, 8), dim=-1)
+    scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-2.0)
+    full = siglip_loss(img, txt, scale, bias)
+    parts = [siglip_loss(img[k : k + 3], txt, scale, bias, label_offset=k) for k in (0, 3, 6)]
+    torch.testing.assert_close(sum(parts) / 3, full)  # each part is normalised by its 3 rows
+    clip_parts = [clip_loss(img[k : k + 3], txt[k : k + 3], scale, img, txt, label_offset=k) for k in (0, 3, 6)]
+    torch.testing.assert_close(sum(clip_parts) / 3, clip_loss(img, txt, scale))
+
+
+def test_learnable_temperature_is_a_parameter_that_learns_and_is_clamped() -> None:
+    loss = ClipLoss(0.07, learnable_temperature=True)
+    assert isinstance(loss.logit_scale, torch.nn.Parameter)
+    assert "logit_scale" not in dict(ClipLoss(0.07).named_parameters())  # fixed mode: a buffer
+    emb = torch.eye(4)
+    loss(emb, emb).backward()
+    assert loss.logit_scale.grad.item() < 0  # perfectly separated pairs: a sharper softmax helps
+    with torch.no_grad():
+        loss.logit_scale.fill_(math.log(1000.0))  # as if an optimizer overshot
+    value = loss(emb, emb.roll(1, dims=0))
+    assert loss.logit_scale.item() == pytest.approx(math.log(100.0))
+    assert loss.extra_log()["temperature"].item() == pytest.approx(0.01)
+    # Every pair mismatched by cosine 1 vs 0: loss is the cross-entropy at scale 100, not 1000.
+    assert value.item() == pytest.approx(100.0 + math.log(1 + 3 * math.exp(-100.0)), rel=1e-5)
+    value.backward()
+    assert loss.logit_scale.grad.item() > 0  # and the gradient can pull it back down at once
+
+
+def test_siglip_scale_is_clamped_too() -> None:
+    loss = SigLipLoss(scale=10.0, bias=0.0)
+    with torch.no_grad():
+        loss.logit_scale.fill_(10.0)
+    loss(torch.eye(3), torch.eye(3))
+    assert loss.extra_log()["scale"].item() == pytest.approx(100.0)

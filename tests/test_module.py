@@ -1,0 +1,78 @@
+"""DualEncoder's optimizer set-up: weight-decay groups, the warm-up + cosine schedule, learning."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nanovlm.data import VOCAB
+from nanovlm.encoders import AttentionTextEncoder, ViTEncoder
+from nanovlm.losses import SigLipLoss
+from nanovlm.module import DualEncoder, weight_decay_groups
+from nanovlm.schedules import warmup_cosine
+from nanovlm.training import build_model, train
+
+
+def test_weight_decay_reaches_only_weight_matrices() -> None:
+    encoders = ViTEncoder(16, patch_size=8), AttentionTextEncoder(len(VOCAB), 16)
+    model = DualEncoder(*encoders, SigLipLoss(), torch.optim.AdamW)
+    decay, no_decay = weight_decay_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay}
+    kept = {names[id(p)] for p in no_decay}
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    for name in ("loss.logit_scale", "loss.logit_bias", "image_encoder.cls_token", "image_encoder.pos_embed",
+                 "text_encoder.embed.weight", "text_encoder.pos_embed", "image_encoder.patch_embed.bias"):  # fmt: skip
+        assert name in kept, name
+    assert all(n.endswith("weight") and "norm" not in n for n in decayed)
+    assert "image_encoder.patch_embed.weight" in decayed and "text_encoder.proj.weight" in decayed
+    assert "text_encoder.blocks.layers.0.self_attn.in_proj_weight" in decayed  # MHA's fused q/k/v matrix
+    assert not any("norm" in n or n.endswith("bias") for n in decayed)
+
+
+def test_configure_optimizers_sets_decay_per_group(make_cfg) -> None:
+    model = build_model(make_cfg("optimizer=adamw", "optimizer.weight_decay=0.1"))
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay_group, no_decay_group = optimizer.param_groups
+    assert decay_group["weight_decay"] == 0.1 and no_decay_group["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay_group["params"])
+
+
+def test_warmup_cosine_follows_its_formula() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule = warmup_cosine(optimizer, total_steps=21, warmup_fraction=0.2, min_lr_ratio=0.1)  # 4 warm-up steps
+    lrs = []
+    for _ in range(21):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    for step in range(4, 21):
+        progress = (step - 4) / 16
+        assert lrs[step] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
+    assert lrs[-1] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match=r"scheduler\.warmup_fraction must be in \[0, 1\), got 1.5"):
+        warmup_cosine(optimizer, 10, warmup_fraction=1.5)
+
+
+def test_scheduler_group_composes_and_steps_per_batch(make_cfg) -> None:
+    cfg = make_cfg("scheduler=cosine", "trainer.max_epochs=2", "optimizer.lr=0.01")
+    metrics = train(cfg)
+    assert metrics["train/lr"] < 0.01  # the last epoch's mean lr is on the cosine's way down
+    assert make_cfg().get("scheduler") in (None, {})
+
+
+@pytest.mark.slow
+def test_learnable_temperature_learns_and_model_reaches_high_recall(make_cfg) -> None:
+    metrics = train(make_cfg("loss.learnable_temperature=true"))
+    assert metrics["val/i2t_R@1"] >= 0.95 and metrics["val/t2i_R@1"] >= 0.95, metrics
+    assert metrics["train/temperature"] != pytest.approx(0.07, abs=1e-3)  # it moved
+    assert metrics["train/temperature"] >= 0.01
+
+
+@pytest.mark.slow
+def test_mha_text_encoder_learns(make_cfg) -> None:
+    metrics = train(make_cfg("text_encoder=mha"))
+    assert metrics["val/i2t_R@1"] >= 0.95 and metrics["val/t2i_R@1"] >= 0.95, metrics
