@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import warnings
 from netrc import netrc
 from pathlib import Path
@@ -71,6 +72,24 @@ def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> A
         id=run_id,
         resume="allow",
     )
+
+
+def start_run(logger: Any, attempts: int = 30) -> str | None:
+    """Start the W&B run now (not at the first log call) and return its id.
+
+    Resuming right after a crash can find the run id still held by the killed process's W&B service
+    ("run ID ... is in use") until that service notices its parent is gone; wait for it, briefly.
+    """
+    if not logger:
+        return None
+    for attempt in range(attempts):
+        try:
+            return logger.experiment.id
+        except Exception as error:  # wandb's ServerResponseError; its module path is private
+            if "is in use" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    return None
 
 
 def finish(logger: Any, exit_code: int) -> None:

@@ -15,6 +15,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm import checkpoints, tracking
@@ -44,6 +45,7 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any
     Cheap (milliseconds): constructors' own range checks (temperature > 0, ...) surface here as ConfigError.
     """
     validate(cfg)
+    _check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         datamodule: ShapesDataModule = instantiate(cfg.data)
@@ -59,6 +61,21 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any
         checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
         checkpoint["path"] = str(path)
     return model, datamodule, checkpoint
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """Lightning's `ddp` strategy re-runs train.py with the same arguments for every extra device; under
+    Hydra's -m each copy would run the whole sweep again. SLURM (one task per rank) and torchrun start the
+    ranks themselves, and `ddp_spawn` forks from inside the job, so those are fine."""
+    hydra_cfg = tracking.hydra_runtime()
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    launched_per_rank = any(k in os.environ for k in ("SLURM_NTASKS", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"))
+    multirun = hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN"
+    if multirun and strategy.startswith("ddp") and "spawn" not in strategy and not launched_per_rank:
+        raise ConfigError(
+            f"trainer.strategy={strategy} re-launches train.py per device, which under -m re-runs the sweep; "
+            "in a multirun use trainer.strategy=ddp_spawn or hydra/launcher=slurm"
+        )
 
 
 def _as_config_error(exc: InstantiationException) -> ConfigError:
@@ -121,7 +138,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger: Any = False
     try:
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
-        run_id = logger.experiment.id if logger else None
+        run_id = tracking.start_run(logger)
         # Two checkpoint callbacks: in Lightning 2.6 `save_last` only fires on epochs that improve the monitor,
         # so "last" gets its own unmonitored checkpoint, rewritten every epoch.
         callbacks = [
@@ -156,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@rank_zero_only
 def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     """Write result.json atomically, so a reader never sees half a file."""
     tmp = run_dir / "result.json.tmp"
@@ -163,6 +181,7 @@ def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
     tmp.replace(run_dir / "result.json")
 
 
+@rank_zero_only
 def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> None:
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
     lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: all 243 pairs)"]

@@ -113,3 +113,32 @@ def test_two_processes_match_one_process_with_the_doubled_batch(loss_name: str) 
     for got in _run_in_two_processes(_two_rank_step, loss_name, images, texts):
         for key, value in single.items():
             torch.testing.assert_close(got[key], value, msg=lambda m, k=key: f"{loss_name} {k}: {m}")
+
+
+def test_ddp_in_a_multirun_is_refused_with_the_alternatives(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli(
+        "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp", "trainer.max_epochs=1", "logger=none",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "trainer.strategy=ddp re-launches train.py per device" in result.stderr
+    assert "use trainer.strategy=ddp_spawn or hydra/launcher=slurm" in result.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_two_job_sweep_with_two_wandb_runs(tmp_path) -> None:
+    from tests.conftest import run_cli
+    from tests.test_train import inspect_wandb_run
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "train.py", "-m", "hydra/launcher=submitit_local", "loss.temperature=0.05,0.1", "trainer.max_epochs=2",
+        "plots=none", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [inspect_wandb_run(sweep_dir / str(job)) for job in (0, 1)]
+    assert [r["state"] for r in runs] == ["finished", "finished"]
+    assert sorted(r["config"]["loss"]["temperature"] for r in runs) == [0.05, 0.1]
+    assert len({r["run_id"] for r in runs}) == 2
