@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm import checkpoints, tracking
+from nanovlm.callbacks import StopAtRecall
 from nanovlm.config import ConfigError, validate
 from nanovlm.data import VOCAB, ShapesDataModule
 from nanovlm.guards import NonFiniteLossGuard
@@ -89,6 +91,14 @@ def _discard_unused_run_dir(run_dir: Path, error: ConfigError) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Callbacks the config asks for: `stop_at_recall`, and every `_target_` entry under `callbacks`."""
+    callbacks: list[L.Callback] = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if cfg.get("stop_at_recall") is not None:
+        callbacks.append(StopAtRecall(cfg.stop_at_recall))
+    return callbacks
+
+
 def torch_threads() -> int:
     """Threads for this job: all cores, or an equal share when a parallel launcher runs several jobs.
 
@@ -104,13 +114,13 @@ def torch_threads() -> int:
     return max(1, cores // n_jobs)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Train the model `cfg` describes; returns the final epoch's metrics (val/R@1, ...).
 
     With `ckpt_path` set, training continues from that checkpoint (same W&B run, same batches as if never
     stopped). A bad config raises ConfigError before any W&B run or Trainer is made. Writes
     `<run_dir>/result.json` either way, {"status": "ok", "metrics": ...} or {"status": "failed", "error": ...}:
-    what sweeps collect.
+    what sweeps collect. `extra_callbacks` are appended to the Trainer's (the benchmark's timers use it).
     """
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
     try:
@@ -133,6 +143,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
             checkpoints.ResumableRun(cfg.seed, model_config(cfg), run_id),
             NonFiniteLossGuard(),
+            *build_callbacks(cfg),
+            *extra_callbacks,
         ]
         trainer: L.Trainer = instantiate(
             cfg.trainer,
