@@ -110,7 +110,7 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
     from nanovlm.checkpoints import epoch_seed
     from nanovlm.training import build_model, torch_threads
 
-    torch.set_num_threads(torch_threads())
+    torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)  # same order of RNG draws as training.build()
     model = build_model(cfg)
@@ -296,7 +296,7 @@ def run_bench(quick: bool, out: Path | None) -> tuple[str, dict[str, float]]:
             [lambda: bench_epochs(3, 2, tmp), lambda: bench_first_step(1, tmp, loggers=("none",))]
             if quick
             else [
-                lambda: bench_epochs(20, 5, tmp),
+                lambda: bench_epochs(20, 3, tmp),
                 lambda: bench_time_to_target(0.95, 3, tmp),
                 lambda: bench_first_step(3, tmp),
                 lambda: bench_sweep(10, tmp),

@@ -99,12 +99,16 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def torch_threads() -> int:
-    """Threads for this job: all cores, or an equal share when a parallel launcher runs several jobs.
+def torch_threads(requested: int | None = None) -> int:
+    """Threads for this job: `requested` (the `torch_threads` key), else all cores, or an equal share when a
+    parallel launcher runs several jobs.
 
     Oversubscribing (2 jobs x 2 threads on 2 cores) is slower than either alone, so a joblib worker
-    takes cores // n_jobs.
+    takes cores // n_jobs. The default config asks for 1: the default model's ops are too small to gain from
+    a second thread, and measured 1.4-2x faster on one thread on a shared 2-core machine (README, Performance).
     """
+    if requested is not None:
+        return requested
     cores = os.cpu_count() or 1
     hydra_cfg = tracking.hydra_runtime()
     launcher = hydra_cfg.launcher if hydra_cfg is not None else {}
@@ -131,7 +135,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         raise
     assert run_dir is not None  # validate() requires it
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(torch_threads())
+    torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
     try:
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
