@@ -296,7 +296,7 @@ def run_bench(quick: bool, out: Path | None) -> tuple[str, dict[str, float]]:
             [lambda: bench_epochs(3, 2, tmp), lambda: bench_first_step(1, tmp, loggers=("none",))]
             if quick
             else [
-                lambda: bench_epochs(20, 3, tmp),
+                lambda: bench_epochs(20, 5, tmp),
                 lambda: bench_time_to_target(0.95, 3, tmp),
                 lambda: bench_first_step(3, tmp),
                 lambda: bench_sweep(10, tmp),
