@@ -68,6 +68,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.max_epochs", int, lambda v: v >= 1, "an integer >= 1"),
     Rule("logger.mode", str, lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}", optional=True),
     Rule("ckpt_path", str, optional=True),
+    Rule("torch_threads", int, lambda v: v >= 1, "an integer >= 1, or null for cores / parallel jobs", optional=True),
+    Rule("stop_at_recall", float, lambda v: 0 < v <= 1, "a number in (0, 1]", optional=True),
 )
 
 
