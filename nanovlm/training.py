@@ -174,6 +174,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
+        if "val/R@1" not in trainer.callback_metrics:  # resumed a finished run, or the last epoch skipped val
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["time/fit_s"] = time.perf_counter() - start
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))

@@ -240,13 +240,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *QUIET, *args, f"hydra.run.dir={killed_dir}"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     last = killed_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 1:
-            proc.send_signal(signal.SIGKILL)
+            # The whole job dies, as under a scheduler or the OOM killer: its W&B service process too,
+            # which would otherwise hold the run id for a while after its parent is gone.
+            os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
