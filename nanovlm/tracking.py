@@ -74,7 +74,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> A
     )
 
 
-def start_run(logger: Any, attempts: int = 30) -> str | None:
+def start_run(logger: Any, attempts: int = 15) -> str | None:
     """Start the W&B run now (not at the first log call) and return its id.
 
     Resuming right after a crash can find the run id still held by the killed process's W&B service

@@ -29,9 +29,16 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def user_env() -> dict[str, str]:
+    """The environment a user's shell would give a subprocess. Once a test in this process has started a
+    W&B run, wandb exports WANDB_SERVICE so that child processes share its service; a run of a child killed
+    by a test would then stay registered there ("run ID ... is in use" when it is resumed)."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
 def run_cli(script: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a top-level script of the repo as a user would, from `cwd`, W&B offline."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,

@@ -20,13 +20,13 @@ from nanovlm.guards import NonFiniteLossError
 from nanovlm.losses import ClipLoss
 from nanovlm.tracking import wandb_mode
 from nanovlm.training import train
-from tests.conftest import QUIET, REPO
+from tests.conftest import QUIET, REPO, user_env
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
 
 
 def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *QUIET, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -237,7 +237,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
     args = [*TINY, f"trainer.max_epochs={epochs}"]
     # The run to interrupt: SIGKILL as soon as the second epoch's checkpoint is on disk.
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *QUIET, *args, f"hydra.run.dir={killed_dir}"],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
