@@ -41,3 +41,21 @@ def test_one_key_sets_the_embedding_dim_of_both_encoders(make_cfg) -> None:
     assert model(images[:2], tokens[:2])[0].shape == (2, 16)
     assert model(images[:2], tokens[:2])[1].shape == (2, 16)
     assert isinstance(model.configure_optimizers(), torch.optim.Optimizer)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_config(tmp_path) -> None:
+    """A non-editable install has no conf/ beside the package: the wheel must carry it as nanovlm/conf."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = CONFIG_DIR.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", str(repo), "--no-deps", "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("nanovlm-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("nanovlm/conf/")}
+    expected = {f"nanovlm/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
+    assert expected and expected <= shipped, sorted(expected - shipped)
