@@ -141,12 +141,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     """
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
     try:
+        if run_dir is None:
+            raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
         model, datamodule, resume_from = build(cfg)
     except ConfigError as error:
         if run_dir is not None:
             _discard_unused_run_dir(run_dir, error)
         raise
-    assert run_dir is not None  # validate() requires it
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
