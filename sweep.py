@@ -19,9 +19,10 @@ def main() -> int:
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B sweep-summary run")
     parser.add_argument("--wandb-sweep", action="store_true", help="write a W&B sweep YAML instead of running")
     opts = parser.parse_args()
-    if opts.collect:
-        return 0 if not sweeps.report(opts.collect, use_wandb=not opts.no_wandb)["failed"] else 1
     named = dict(a.split("=", 1) for a in opts.args if a.split("=", 1)[0] in ("sweep", "launcher"))
+    if opts.collect:  # with sweep=<name>, tabulate with that spec instead of the one saved in the dir
+        spec = sweeps.load_spec(named["sweep"]) if "sweep" in named else None
+        return 0 if not sweeps.report(opts.collect, spec, use_wandb=not opts.no_wandb)["failed"] else 1
     extra = [a for a in opts.args if a.split("=", 1)[0] not in ("sweep", "launcher")]
     if "sweep" not in named:
         parser.error(f"say which sweep: sweep=<name>, one of {', '.join(sweeps.available_specs())}")

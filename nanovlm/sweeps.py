@@ -38,6 +38,7 @@ class SweepSpec:
     metric: str = "val/R@1"  # what "best" means (higher is better)
     columns: list[str] = field(default_factory=lambda: list(DEFAULT_COLUMNS))
     average_over: list[str] = field(default_factory=list)  # e.g. [seed]: one row per other setting
+    min_columns: list[str] = field(default_factory=list)  # also show the worst run of the row for these
     heatmap: list[str] = field(default_factory=list)  # [x key, y key]
     launcher: str = "basic"  # basic (serial) or joblib (parallel, one worker per core)
     sweeper: str = "basic"  # basic (every combination of params) or optuna (n_trials, TPE over params)
@@ -181,11 +182,14 @@ def summarise(jobs: list[Job], spec: SweepSpec) -> tuple[list[str], list[dict[st
         for col in metric_cols:
             values = [j.metrics[col] for j in ok if col in j.metrics]
             row[col] = sum(values) / len(values) if values else math.nan
+        for col in spec.min_columns:
+            values = [j.metrics[col] for j in ok if col in j.metrics]
+            row[f"min {col}"] = min(values) if values else math.nan
         row["runs"] = len(members)
         row["failed"] = len(members) - len(ok)
         row["jobs"] = " ".join(str(j.num) for j in members)
         rows.append(row)
-    return [*keys, *metric_cols, "runs", "failed", "jobs"], rows
+    return [*keys, *metric_cols, *(f"min {c}" for c in spec.min_columns), "runs", "failed", "jobs"], rows
 
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:

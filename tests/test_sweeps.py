@@ -108,11 +108,12 @@ def test_summarise_averages_over_seeds_and_counts_failures(tmp_path: Path) -> No
         return sweeps.Job(num, tmp_path, {"encoder": enc, "seed": seed}, status, metrics)
 
     jobs = [job(0, "cnn", "0", 0.9), job(1, "cnn", "1", 0.7), job(2, "vit", "0", 1.0), job(3, "vit", "1", None)]
-    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[])
+    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[], min_columns=["val/R@1"])
     header, rows = sweeps.summarise(jobs, spec)
-    assert header[:2] == ["encoder", "val/R@1"]
+    assert header[:3] == ["encoder", "val/R@1", "min val/R@1"]
     by_enc = {r["encoder"]: r for r in rows}
     assert by_enc["cnn"]["val/R@1"] == pytest.approx(0.8) and by_enc["cnn"]["failed"] == 0
+    assert by_enc["cnn"]["min val/R@1"] == pytest.approx(0.7) and by_enc["vit"]["min val/R@1"] == 1.0
     assert by_enc["vit"]["val/R@1"] == 1.0 and by_enc["vit"]["failed"] == 1 and by_enc["vit"]["runs"] == 2
     assert sweeps.best_row(rows, "val/R@1")["encoder"] == "vit"
 
