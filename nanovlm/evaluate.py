@@ -42,7 +42,7 @@ class EvalConfig:
     plots: bool = True  # the embedding pictures and zero-shot confusion matrices
 
 
-def load_checkpoint(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
+def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
     """The model a training checkpoint describes, with its weights, and the config it was trained with."""
     path = Path(path)
     if not path.is_file():
@@ -138,7 +138,7 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run every evaluation `cfg` asks for, print a report, write metrics.json and PNGs to cfg.out."""
-    model, train_cfg = load_checkpoint(cfg.ckpt)
+    model, train_cfg = load_model(cfg.ckpt)
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
     datamodule: ShapesDataModule = instantiate(train_cfg["data"])
     triples = all_triples()

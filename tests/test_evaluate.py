@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from nanovlm.config import CONFIG_DIR
 from nanovlm.data import COLOURS, POSITIONS, SHAPES, all_triples
-from nanovlm.evaluate import EvalConfig, evaluate, load_checkpoint, main, retrieval, zero_shot
+from nanovlm.evaluate import EvalConfig, evaluate, load_model, main, retrieval, zero_shot
 from nanovlm.training import train
 from tests.conftest import QUIET, REPO
 
@@ -30,7 +30,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) -> None:
     ckpt, metrics = short_run
-    model, config = load_checkpoint(ckpt)
+    model, config = load_model(ckpt)
     assert config["model"]["embed_dim"] == 16 and config["trainer"]["max_epochs"] == 3
     from nanovlm.data import ShapesDataModule
     from nanovlm.plots import embed_gallery

@@ -18,18 +18,20 @@ def reference_clip_loss(img: torch.Tensor, txt: torch.Tensor, tau: float) -> tor
     return total / (2 * n)
 
 
+def assert_same_value_and_gradients(ours: torch.Tensor, ref: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Our loss and a reference agree in value and in the gradient with respect to every input."""
+    torch.testing.assert_close(ours, ref)
+    grads = torch.autograd.grad(ours, inputs)
+    for g, r in zip(grads, torch.autograd.grad(ref, inputs), strict=True):
+        torch.testing.assert_close(g, r)
+
+
 @pytest.mark.parametrize("tau", [0.07, 0.5])
 def test_clip_loss_matches_reference_value_and_gradients(tau: float) -> None:
     torch.manual_seed(0)
     img = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
     txt = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
-    ours = ClipLoss(tau).double()(img, txt)
-    ref = reference_clip_loss(img, txt, tau)
-    torch.testing.assert_close(ours, ref)
-    grads = torch.autograd.grad(ours, (img, txt))
-    ref_grads = torch.autograd.grad(ref, (img, txt))
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r)
+    assert_same_value_and_gradients(ClipLoss(tau).double()(img, txt), reference_clip_loss(img, txt, tau), (img, txt))
 
 
 def test_clip_loss_is_log_n_when_all_logits_are_equal() -> None:
@@ -64,14 +66,8 @@ def test_siglip_loss_matches_reference_value_and_gradients(scale: float, bias: f
     torch.manual_seed(0)
     img = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
     txt = F.normalize(torch.randn(7, 8, dtype=torch.float64), dim=-1).requires_grad_()
-    loss = SigLipLoss(scale=scale, bias=bias).double()
-    ours = loss(img, txt)
-    ref = reference_siglip_loss(img, txt, scale, bias)
-    torch.testing.assert_close(ours, ref)
-    grads = torch.autograd.grad(ours, (img, txt))
-    ref_grads = torch.autograd.grad(ref, (img, txt))
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r)
+    ours = SigLipLoss(scale=scale, bias=bias).double()(img, txt)
+    assert_same_value_and_gradients(ours, reference_siglip_loss(img, txt, scale, bias), (img, txt))
 
 
 def test_siglip_gradients_reach_scale_and_bias() -> None:
