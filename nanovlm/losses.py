@@ -79,10 +79,13 @@ class ClipLoss(nn.Module):
     most ln 100 (tau >= 0.01) before every use, as open_clip does after each step.
     """
 
-    def __init__(self, temperature: float = 0.07, learnable_temperature: bool = False) -> None:
+    def __init__(
+        self, temperature: float = 0.07, learnable_temperature: bool = False, param_lr: float | None = None
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        self.param_lr = _check_param_lr(param_lr)
         init = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.logit_scale = nn.Parameter(init)
@@ -112,12 +115,22 @@ class SigLipLoss(nn.Module):
     means -ln(batch_size), which makes the initial sigmoid of a negative pair about 1/batch_size,
     the true share of positives. The paper's -10 suits its 32k batches; at batch 64 it buries
     the positives so deep that training stalls near chance.
+
+    `param_lr` is the learning rate of these two scalars (None: the optimizer's). The paper trains
+    them at the encoders' lr for 100k+ steps; our runs have ~1k, in which an lr of 3e-3 moves the
+    bias by < 0.5 and the scale stays near its start. The trained models want s ~ 15-25, b ~ -8 to -15.
     """
 
     def __init__(
-        self, scale: float = 10.0, bias: float | None = None, batch_size: int = 64, learnable: bool = True
+        self,
+        scale: float = 10.0,
+        bias: float | None = None,
+        batch_size: int = 64,
+        learnable: bool = True,
+        param_lr: float | None = None,
     ) -> None:
         super().__init__()
+        self.param_lr = _check_param_lr(param_lr)
         if not 0.0 < scale <= 100.0:
             raise ValueError(f"loss.scale must be in (0, 100], got {scale}")
         if bias is None and batch_size < 2:
@@ -134,6 +147,12 @@ class SigLipLoss(nn.Module):
 
     def extra_log(self) -> dict[str, torch.Tensor]:
         return {"scale": self.logit_scale.detach().exp(), "bias": self.logit_bias.detach()}
+
+
+def _check_param_lr(param_lr: float | None) -> float | None:
+    if param_lr is not None and param_lr <= 0:
+        raise ValueError(f"loss.param_lr must be > 0 or null (the optimizer's lr), got {param_lr}")
+    return param_lr
 
 
 @torch.no_grad()

@@ -93,10 +93,17 @@ class DualEncoder(L.LightningModule):
         self._gallery = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        """The optimizer's own weight_decay applies to weight matrices only (see DECAYED_LAYERS);
-        with a scheduler factory, it is stepped every batch over the whole run."""
+        """The optimizer's own weight_decay applies to weight matrices only (see DECAYED_LAYERS). A loss
+        with a `param_lr` (SigLIP's scale and bias) gets a third group at that lr. With a scheduler
+        factory, the scheduler scales every group's lr alike, stepped every batch over the whole run."""
         decay, no_decay = weight_decay_groups(self)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        param_lr = getattr(self.loss, "param_lr", None)
+        loss_params = {id(p) for p in self.loss.parameters()}
+        if param_lr is not None and any(id(p) in loss_params for p in no_decay):
+            groups[1]["params"] = [p for p in no_decay if id(p) not in loss_params]
+            groups.append({"params": [p for p in no_decay if id(p) in loss_params], "weight_decay": 0.0, "lr": param_lr})
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

@@ -40,6 +40,33 @@ def test_configure_optimizers_sets_decay_per_group(make_cfg) -> None:
     assert all(p.ndim >= 2 for p in decay_group["params"])
 
 
+def test_loss_param_lr_gets_its_own_group_that_the_schedule_scales(make_cfg) -> None:
+    cfg = make_cfg("loss=siglip", "loss.param_lr=0.5", "optimizer=adamw", "optimizer.lr=0.01", "scheduler=cosine")
+    model = build_model(cfg)
+    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
+    setup = model.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    *encoder_groups, loss_group = optimizer.param_groups
+    assert {id(p) for p in loss_group["params"]} == {id(model.loss.logit_scale), id(model.loss.logit_bias)}
+    assert not any(id(p) == id(model.loss.logit_bias) for g in encoder_groups for p in g["params"])
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert loss_group["weight_decay"] == 0.0
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    # The same schedule factor applies to every group: the ratio of lrs stays 0.5 / 0.01.
+    assert loss_group["lr"] / encoder_groups[0]["lr"] == pytest.approx(50.0)
+    assert loss_group["initial_lr"] == 0.5
+
+
+def test_without_param_lr_the_loss_scalars_share_the_no_decay_group(make_cfg) -> None:
+    model = build_model(make_cfg("loss=siglip", "loss.param_lr=null"))
+    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
+    assert len(model.configure_optimizers()["optimizer"].param_groups) == 2
+    with pytest.raises(ValueError, match=r"loss\.param_lr must be > 0 or null"):
+        SigLipLoss(param_lr=0.0)
+
+
 def test_warmup_cosine_follows_its_formula() -> None:
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
     schedule = warmup_cosine(optimizer, total_steps=21, warmup_fraction=0.2, min_lr_ratio=0.1)  # 4 warm-up steps
