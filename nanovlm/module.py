@@ -99,10 +99,11 @@ class DualEncoder(L.LightningModule):
         decay, no_decay = weight_decay_groups(self)
         groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         param_lr = getattr(self.loss, "param_lr", None)
-        loss_params = {id(p) for p in self.loss.parameters()}
-        if param_lr is not None and any(id(p) in loss_params for p in no_decay):
-            groups[1]["params"] = [p for p in no_decay if id(p) not in loss_params]
-            groups.append({"params": [p for p in no_decay if id(p) in loss_params], "weight_decay": 0.0, "lr": param_lr})
+        loss_ids = {id(p) for p in self.loss.parameters()}
+        loss_params = [p for p in no_decay if id(p) in loss_ids]  # trainable ones only
+        if param_lr is not None and loss_params:
+            groups[1]["params"] = [p for p in no_decay if id(p) not in loss_ids]
+            groups.append({"params": loss_params, "weight_decay": 0.0, "lr": param_lr})
         optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
