@@ -70,6 +70,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ckpt_path", str, optional=True),
     Rule("torch_threads", int, lambda v: v >= 1, "an integer >= 1, or null for cores / parallel jobs", optional=True),
     Rule("stop_at_recall", float, lambda v: 0 < v <= 1, "a number in (0, 1]", optional=True),
+    Rule("checkpoint_every_s", float, lambda v: v >= 0, "a number of seconds >= 0 (0: every epoch)"),
 )
 
 

@@ -113,6 +113,8 @@ def pca_scatter(
     """Both modalities projected on the top-2 principal components of their union, one panel per
     attribute, coloured by its value; a thin line joins each image to its caption."""
     plt = _pyplot()
+    from matplotlib.collections import LineCollection
+
     both = torch.cat([image_emb, text_emb]).detach().cpu().double()  # [2N, D]
     centred = both - both.mean(0)
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
@@ -123,8 +125,8 @@ def pca_scatter(
     for ax, attribute in zip(axes, ATTRIBUTES, strict=True):
         palette, ids = _value_colours(attribute), _value_ids(triples, attribute)
         colours = [palette[i] for i in ids]
-        for (x0, y0), (x1, y1) in zip(img_xy, txt_xy, strict=True):
-            ax.plot([x0, x1], [y0, y1], color="0.8", lw=0.5, zorder=0)
+        # One LineCollection, not 243 Line2D artists: the picture is the same, savefig is ~10x faster.
+        ax.add_collection(LineCollection(list(zip(img_xy, txt_xy, strict=True)), colors="0.8", lw=0.5, zorder=0))
         ax.scatter(img_xy[:, 0], img_xy[:, 1], c=colours, marker="o", s=22, edgecolors="k", linewidths=0.3)
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], c=colours, marker="^", s=40, edgecolors="k", linewidths=0.3)
         handles = [

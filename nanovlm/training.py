@@ -154,11 +154,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     try:
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
         run_id = tracking.start_run(logger)
-        # Two checkpoint callbacks: in Lightning 2.6 `save_last` only fires on epochs that improve the monitor,
-        # so "last" gets its own unmonitored checkpoint, rewritten every epoch.
         callbacks = [
             ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None),
+            checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=cfg.get("checkpoint_every_s", 0)),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
             NonFiniteLossGuard(),
             *build_callbacks(cfg),
@@ -177,7 +175,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
         if "val/R@1" not in trainer.callback_metrics:  # resumed a finished run, or the last epoch skipped val
             trainer.validate(model, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_s"] = time.perf_counter() - start
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
         if logger:

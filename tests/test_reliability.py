@@ -234,7 +234,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path: Pat
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path) -> None:
     epochs = 8
-    args = [*TINY, f"trainer.max_epochs={epochs}"]
+    args = [*TINY, f"trainer.max_epochs={epochs}", "checkpoint_every_s=0"]  # last.ckpt every epoch
     # The run to interrupt: SIGKILL as soon as the second epoch's checkpoint is on disk.
     killed_dir = tmp_path / "killed"
     env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -275,3 +275,22 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
     assert after["state"] == "finished" and after["summary"]["epoch"] == epochs - 1
     for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss", "val/i2t_mean_rank"):
         assert after["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
+
+
+@pytest.mark.parametrize(("every_s", "expected_epochs"), [(1e6, [0, 3]), (0, [0, 1, 2, 3])])
+def test_last_checkpoint_is_written_at_most_every_n_seconds_and_at_the_last_epoch(
+    make_cfg, monkeypatch, every_s: float, expected_epochs: list[int]
+) -> None:
+    written: list[int] = []
+    save = checkpoints.AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint: dict, path, storage_options=None) -> None:
+        if Path(path).name == "last.ckpt":
+            written.append(checkpoint["epoch"])
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(checkpoints.AtomicCheckpointIO, "save_checkpoint", spy)
+    cfg = make_cfg(*TINY, "trainer.max_epochs=4", f"checkpoint_every_s={every_s}")
+    train(cfg)
+    assert written == expected_epochs
+    assert torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
