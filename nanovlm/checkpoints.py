@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from nanovlm.config import ConfigError
 
@@ -71,6 +72,37 @@ class LastCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         self._saved_at = time.monotonic()
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so
+    an improvement is first kept in memory (a copy of the checkpoint, ~1 ms) and written at most every
+    `every_s` seconds, at the end of training, and when training fails. `every_s=0` writes each one at once."""
+
+    def __init__(self, dirpath: Path, monitor: str, every_s: float) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode="max")
+        self.every_s, self._written_at = every_s, -math.inf
+        self._pending: tuple[dict[str, Any], str] | None = None
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
+        self._pending = (apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone()), filepath)
+        self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
+        if time.monotonic() - self._written_at >= self.every_s:
+            self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if self._pending is not None:
+            trainer.strategy.save_checkpoint(*self._pending)  # rank 0 writes; no barrier, so no rank waits
+            self._pending, self._written_at = None, time.monotonic()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._write(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._write(trainer)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

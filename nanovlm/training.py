@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -155,7 +154,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
         run_id = tracking.start_run(logger)
         callbacks = [
-            ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/R@1", mode="max"),
+            checkpoints.BestCheckpoint(run_dir / "checkpoints", "val/R@1", every_s=cfg.get("checkpoint_every_s", 0)),
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=cfg.get("checkpoint_every_s", 0)),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
             NonFiniteLossGuard(),

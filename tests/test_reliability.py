@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
@@ -278,19 +279,34 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
 
 
 @pytest.mark.parametrize(("every_s", "expected_epochs"), [(1e6, [0, 3]), (0, [0, 1, 2, 3])])
-def test_last_checkpoint_is_written_at_most_every_n_seconds_and_at_the_last_epoch(
+def test_checkpoints_are_written_at_most_every_n_seconds_and_at_the_end(
     make_cfg, monkeypatch, every_s: float, expected_epochs: list[int]
 ) -> None:
-    written: list[int] = []
+    """last.ckpt: the first epoch, then when due, and the last epoch. best.ckpt: an improvement waits in
+    memory until due or the end of training, so the file on disk still ends up holding the best epoch."""
+    written: dict[str, list[int]] = {"last.ckpt": [], "best.ckpt": []}
     save = checkpoints.AtomicCheckpointIO.save_checkpoint
 
     def spy(self, checkpoint: dict, path, storage_options=None) -> None:
-        if Path(path).name == "last.ckpt":
-            written.append(checkpoint["epoch"])
+        written[Path(path).name].append(checkpoint["epoch"])
         save(self, checkpoint, path, storage_options)
 
+    recalls: list[float] = []
+
+    class Recorder(pl.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            recalls.append(float(trainer.callback_metrics["val/R@1"]))
+
     monkeypatch.setattr(checkpoints.AtomicCheckpointIO, "save_checkpoint", spy)
-    cfg = make_cfg(*TINY, "trainer.max_epochs=4", f"checkpoint_every_s={every_s}")
-    train(cfg)
-    assert written == expected_epochs
-    assert torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
+    cfg = make_cfg(*TINY, "trainer.max_epochs=4", f"checkpoint_every_s={every_s}", "optimizer.lr=3e-3")
+    train(cfg, extra_callbacks=[Recorder()])
+    assert written["last.ckpt"] == expected_epochs
+    improving = [e for e, r in enumerate(recalls) if r > max(recalls[:e], default=-1.0)]
+    best_epoch = improving[-1]
+    if every_s == 0:
+        assert written["best.ckpt"] == improving
+    else:  # the first improvement at once, the last one at the end, none in between
+        assert written["best.ckpt"] == sorted({improving[0], best_epoch})
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 3
+    assert torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] == best_epoch
