@@ -40,10 +40,15 @@ def test_configure_optimizers_sets_decay_per_group(make_cfg) -> None:
     assert all(p.ndim >= 2 for p in decay_group["params"])
 
 
+def _with_fake_trainer(model: DualEncoder, steps: int = 10) -> DualEncoder:
+    """configure_optimizers asks the trainer for the run's step count (the schedule's length)."""
+    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": steps})()
+    return model
+
+
 def test_loss_param_lr_gets_its_own_group_that_the_schedule_scales(make_cfg) -> None:
     cfg = make_cfg("loss=siglip", "loss.param_lr=0.5", "optimizer=adamw", "optimizer.lr=0.01", "scheduler=cosine")
-    model = build_model(cfg)
-    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
+    model = _with_fake_trainer(build_model(cfg))
     setup = model.configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     *encoder_groups, loss_group = optimizer.param_groups
@@ -60,8 +65,7 @@ def test_loss_param_lr_gets_its_own_group_that_the_schedule_scales(make_cfg) -> 
 
 
 def test_without_param_lr_the_loss_scalars_share_the_no_decay_group(make_cfg) -> None:
-    model = build_model(make_cfg("loss=siglip", "loss.param_lr=null"))
-    model.trainer = type("FakeTrainer", (), {"estimated_stepping_batches": 10})()
+    model = _with_fake_trainer(build_model(make_cfg("loss=siglip", "loss.param_lr=null")))
     assert len(model.configure_optimizers()["optimizer"].param_groups) == 2
     with pytest.raises(ValueError, match=r"loss\.param_lr must be > 0 or null"):
         SigLipLoss(param_lr=0.0)
