@@ -42,6 +42,11 @@ class ConfigError(ValueError):
     """A config value the run cannot use. The message names the key, the bad value and what is allowed."""
 
 
+class RunError(RuntimeError):
+    """A run stopped on purpose with a message for the user (e.g. a NaN loss): one line and exit 1, not a
+    stack trace. Defined here, not beside its subclasses, so that `cli_errors` needs no torch or Lightning."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Fixed top-level keys
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,9 +264,9 @@ def _first_line(text: str) -> str:
 
 
 @contextlib.contextmanager
-def cli_errors(*expected: type[BaseException]) -> Iterator[None]:
-    """Around a `@hydra.main` call and inside its task: a config mistake (or an `expected` failure such as a
-    NaN loss) prints one `error: ...` line and exits 2 (bad input) or 1 (failed run), not a stack trace.
+def cli_errors() -> Iterator[None]:
+    """Around a `@hydra.main` call and inside its task: a config mistake (or a RunError such as a NaN loss)
+    prints one `error: ...` line and exits 2 (bad input) or 1 (failed run), not a stack trace.
 
     Outside the task it catches composition errors (unknown option or key); Hydra would print a multi-line
     report unless HYDRA_FULL_ERROR is set, so it is set here. Inside the task it catches errors before Hydra
@@ -276,7 +281,7 @@ def cli_errors(*expected: type[BaseException]) -> Iterator[None]:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         _exit_unless_sweep_job(2)
         raise
-    except expected as exc:
+    except RunError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         _exit_unless_sweep_job(1)
         raise

@@ -5,8 +5,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from nanovlm.config import RunError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(RunError):
     """The training loss became NaN or infinite; the message names the step."""
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 
 from nanovlm import bench
 from nanovlm.config import ConfigError, validate
 from nanovlm.training import train
+from tests.conftest import REPO, user_env
 
 
 def test_epoch_timer_splits_train_and_validation() -> None:
@@ -56,3 +59,18 @@ def test_quick_bench_writes_a_sane_table(tmp_path) -> None:
     assert numbers["(c) first step none"] < 120
     for seconds in re.findall(r"(\d+\.\d+) s \(", table):
         assert float(seconds) > 0
+
+
+def test_launchers_do_not_import_torch_or_lightning() -> None:
+    """train.py's module level and sweep.py load neither torch nor Lightning (~2.5 s): under the joblib launcher
+    the main process only composes and dispatches, and sweep.py only runs train.py -m and reads result.json."""
+    probe = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import train, sweep, nanovlm, nanovlm.sweeps; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=user_env(), check=True)
+    assert proc.stdout.strip() == "[]"
+    # ...while the package's public names still work, loaded on first use
+    import nanovlm
+
+    assert nanovlm.train is train and nanovlm.DualEncoder.__name__ == "DualEncoder"
