@@ -1,5 +1,7 @@
 """Train a dual encoder: `python train.py encoder=cnn loss=clip trainer.max_epochs=30`."""
 
+import gc
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,5 +19,11 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    with cli_errors():  # unknown option or key: one line, exit 2 (and a sweep's failed job)
-        main()
+    try:
+        with cli_errors():  # unknown option or key: one line, exit 2 (and a sweep's failed job)
+            main()
+    finally:
+        # Everything is written and closed by now. Python's shutdown would still run a garbage collection over
+        # the ~10^6 objects of torch and Lightning (0.6 s); frozen objects are skipped (0.1 s). atexit
+        # handlers (W&B, logging) still run.
+        gc.freeze()
