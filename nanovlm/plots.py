@@ -30,10 +30,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+    """`tight=False` for the pictures drawn at the end of every run, whose margins are set by hand: a tight
+    bounding box lays out and draws the whole figure twice (0.8 s -> 0.5 s for the three of them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None)
     _pyplot().close(fig)
     return path
 
@@ -65,7 +67,7 @@ def embedding_bands(
     plt = _pyplot()
     stages = [("before training", before), ("after training", after)] if before is not None else [("", after)]
     fig, axes = plt.subplots(len(stages), 2, figsize=(10, 4.2 * len(stages)), squeeze=False)
-    fig.subplots_adjust(wspace=0.25, hspace=0.3)
+    fig.subplots_adjust(left=0.08, right=1.0, bottom=0.06, top=0.96, wspace=0.3, hspace=0.3)
     for row, (stage, (image_emb, text_emb)) in enumerate(stages):
         for col, (modality, emb) in enumerate((("image", image_emb), ("text", text_emb))):
             ax = axes[row, col]
@@ -80,7 +82,7 @@ def embedding_bands(
             if col == 0:
                 ax.set_ylabel("item (dataset order: colour, shape, position)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="value (unit vectors)")
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def _block_ticks(words: Sequence[str]) -> tuple[list[float], list[str]]:
@@ -96,6 +98,7 @@ def similarity_matrix(path: Path, image_emb: torch.Tensor, text_emb: torch.Tenso
     order = sorted(range(len(captions)), key=lambda i: captions[i])
     sims = (image_emb[order] @ text_emb[order].T).detach().cpu().numpy()  # [N, N]
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.95)
     im = ax.imshow(sims, cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
     positions, names = _block_ticks([captions[i].split()[0] for i in order])  # one tick per colour block
     ax.set_xticks(positions, names, rotation=90)
@@ -104,7 +107,7 @@ def similarity_matrix(path: Path, image_emb: torch.Tensor, text_emb: torch.Tenso
     ax.set_ylabel("images, sorted by their caption")
     ax.set_title("image x text cosine similarity")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def pca_scatter(
@@ -122,6 +125,7 @@ def pca_scatter(
     n = len(image_emb)
     img_xy, txt_xy = xy[:n], xy[n:]
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.1, top=0.94, wspace=0.2)
     for ax, attribute in zip(axes, ATTRIBUTES, strict=True):
         palette, ids = _value_colours(attribute), _value_ids(triples, attribute)
         colours = [palette[i] for i in ids]
@@ -138,7 +142,7 @@ def pca_scatter(
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         ax.set_facecolor("0.93")
-    return _save(fig, path)
+    return _save(fig, path, tight=False)
 
 
 def sphere_scatter(
