@@ -96,7 +96,7 @@ def plain_validate(model: torch.nn.Module, datamodule) -> float:
     gallery = datamodule.gallery()
     gallery_images, gallery_texts = model(gallery["image"], gallery["tokens"])  # [243, D] each
     idx = datamodule.val_idx
-    image_emb, text_emb = model(datamodule.images[idx], datamodule.tokens[idx])  # [V, D] each
+    image_emb, text_emb = gallery_images[idx], gallery_texts[idx]  # [V, D] each: val items are gallery items
     i2t = (true_item_rank(image_emb @ gallery_texts.T, idx) <= 1).float().mean()
     t2i = (true_item_rank(text_emb @ gallery_images.T, idx) <= 1).float().mean()
     model.train()

@@ -84,7 +84,8 @@ class DualEncoder(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._gallery is not None
         gallery_images, gallery_texts = self._gallery
-        image_emb, text_emb = self(batch["image"], batch["tokens"])
+        # Every val item is also a gallery item, already encoded (same weights, eval mode): index, don't re-encode.
+        image_emb, text_emb = gallery_images[batch["index"]], gallery_texts[batch["index"]]
         self._val_loss_sum += self.loss(image_emb, text_emb) * len(image_emb)
         self._val_count += len(image_emb)
         # The gallery is in item order, so a query's item index is also its true gallery column.
