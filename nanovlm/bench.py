@@ -9,7 +9,8 @@
 (b) whole-process wall time to val R@1 >= 0.95: `python train.py stop_at_recall=0.95` vs `python -m nanovlm.bench
     --plain --stop-at 0.95`, imports included;
 (c) process start to the first training step of `python train.py`;
-(d) `python sweep.py sweep=temperature_dim`, serial vs `launcher=joblib`.
+(d) `python sweep.py sweep=temperature_dim`, serial vs `launcher=joblib`, and the ceiling that this machine's cores
+    put on that speed-up: one plain fit on all threads vs two fits at once on half the threads each.
 Machines are noisy, so every figure is a median with its range, and the ratios are the headline.
 """
 
@@ -289,6 +290,38 @@ def bench_sweep(epochs: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
     return [row], {"(d) sweep speedup": speedup}
 
 
+def bench_parallel_bound(epochs: int, repeats: int) -> tuple[list[Row], dict[str, float]]:
+    """(d)'s ceiling on this machine: the plain loop's fit on all cores (what one serial job gets) vs two fits at
+    once on cores // 2 threads each (what two parallel jobs get). Running jobs side by side can speed a sweep up
+    by at most 2 x t(one job, all threads) / t(two jobs at once, half the threads each), before any launcher cost."""
+    cores = os.cpu_count() or 1
+    half = max(1, cores // 2)
+    plain = [sys.executable, "-m", "nanovlm.bench", "--plain", f"trainer.max_epochs={epochs}"]
+
+    def fit_seconds(*procs: subprocess.Popen) -> list[float]:
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"{' '.join(plain)} failed")
+        return [json.loads(out.strip().splitlines()[-1])["time/fit_s"] for out in outs]
+
+    def start(threads: int) -> subprocess.Popen:
+        return subprocess.Popen([*plain, f"torch_threads={threads}"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+    alone, pair = [], []
+    for _ in range(repeats):
+        alone += fit_seconds(start(cores))
+        pair.append(max(fit_seconds(start(half), start(half))))
+    bound = 2 * statistics.median(alone) / statistics.median(pair)
+    row = (
+        f"(d) ceiling: 1 fit on {cores} threads vs 2 fits at once on {half} each ({epochs} epochs, plain loop)",
+        cell(alone),
+        f"2 at once {cell(pair)}",
+        f"{bound:.2f}x at most",
+        "",
+    )
+    return [row], {"(d) parallel ceiling": bound}
+
+
 def run_bench(quick: bool, out: Path | None, sweep_epochs: int = 30) -> tuple[str, dict[str, float]]:
     """Run the figures, return (Markdown table, headline numbers); write the table to `out`."""
     rows: list[Row] = []
@@ -303,6 +336,7 @@ def run_bench(quick: bool, out: Path | None, sweep_epochs: int = 30) -> tuple[st
                 lambda: bench_time_to_target(0.95, 3, tmp),
                 lambda: bench_first_step(3, tmp),
                 lambda: bench_sweep(sweep_epochs, tmp),
+                lambda: bench_parallel_bound(sweep_epochs, 3),
             ]
         )
         for part in parts:
