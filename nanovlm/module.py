@@ -53,7 +53,6 @@ class DualEncoder(L.LightningModule):
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
         self._gallery: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0
-        self._val_loss_sum, self._val_count = torch.zeros(()), 0
         self.logged: dict[str, float] = {}
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,21 +78,20 @@ class DualEncoder(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         gallery = self.trainer.datamodule.gallery()
         self._gallery = self(gallery["image"].to(self.device), gallery["tokens"].to(self.device))
-        self._val_loss_sum, self._val_count = torch.zeros((), device=self.device), 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._gallery is not None
         gallery_images, gallery_texts = self._gallery
         # Every val item is also a gallery item, already encoded (same weights, eval mode): index, don't re-encode.
         image_emb, text_emb = gallery_images[batch["index"]], gallery_texts[batch["index"]]
-        self._val_loss_sum += self.loss(image_emb, text_emb) * len(image_emb)
-        self._val_count += len(image_emb)
+        # self.log (not log_to_loggers): callbacks such as EarlyStopping(monitor="val/loss") read it.
+        self.log("val/loss", self.loss(image_emb, text_emb), batch_size=len(image_emb), sync_dist=True)
         # The gallery is in item order, so a query's item index is also its true gallery column.
         self.val_i2t.update(image_emb @ gallery_texts.T, batch["index"], batch["index"])
         self.val_t2i.update(text_emb @ gallery_images.T, batch["index"], batch["index"])
 
     def on_validation_epoch_end(self) -> None:
-        metrics: dict[str, torch.Tensor] = {"val/loss": self._global_mean(self._val_loss_sum, self._val_count)}
+        metrics: dict[str, torch.Tensor] = {}
         for direction, metric in (("i2t", self.val_i2t), ("t2i", self.val_t2i)):
             metrics.update({f"val/{direction}_{k}": v for k, v in metric.compute().items()})
             metric.reset()
@@ -103,16 +101,9 @@ class DualEncoder(L.LightningModule):
         self.log_to_loggers(metrics)
         self._gallery = None
 
-    def _global_mean(self, total: torch.Tensor, count: int) -> torch.Tensor:
-        """Sum over processes / count over processes (no communication on one device): a mean that needs no
-        self.log, whose bookkeeping costs ~0.7 ms a call."""
-        strategy = self.trainer.strategy
-        count_t = torch.tensor(float(count), device=total.device)
-        return strategy.reduce(total, reduce_op="sum") / strategy.reduce(count_t, reduce_op="sum").clamp(min=1)
-
     def log_to_loggers(self, metrics: dict[str, torch.Tensor | float]) -> None:
         """Values that need no reduction across processes (already global, or the same on every rank), sent
-        straight to the loggers instead of through self.log's per-key bookkeeping (~0.7 ms each, 12 keys per
+        straight to the loggers instead of through self.log's per-key bookkeeping (~0.7 ms each, 11 keys per
         validation). The latest value of each is kept in `self.logged` (train() returns them)."""
         values = {k: float(v) for k, v in metrics.items()}
         self.logged.update(values)

@@ -61,30 +61,6 @@ def test_recall_under_two_processes_counts_each_query_once() -> None:
         assert got == pytest.approx(expected)
 
 
-def _val_loss_mean(rank: int, world: int) -> float:
-    from types import SimpleNamespace
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    from nanovlm.module import DualEncoder
-
-    stub = SimpleNamespace(trainer=SimpleNamespace(strategy=DDPStrategy(process_group_backend="gloo")))
-    total, count = [(torch.tensor(3 * 2.0), 3), (torch.tensor(1 * 5.0), 1)][rank]  # 3 queries of loss 2, 1 of 5
-    return DualEncoder._global_mean(stub, total, count).item()
-
-
-def test_val_loss_is_the_mean_over_every_query_of_every_process() -> None:
-    from types import SimpleNamespace
-
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-
-    from nanovlm.module import DualEncoder
-
-    assert _run_in_two_processes(_val_loss_mean) == [pytest.approx(11 / 4)] * 2  # not the mean of means, 3.5
-    one = SimpleNamespace(trainer=SimpleNamespace(strategy=SingleDeviceStrategy(device="cpu")))
-    assert DualEncoder._global_mean(one, torch.tensor(6.0), 3).item() == pytest.approx(2.0)
-
-
 def test_slurm_launcher_takes_its_shape_from_the_trainer() -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

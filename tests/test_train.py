@@ -1,6 +1,7 @@
 """End-to-end: the CLI as a user runs it, and the default config actually learning."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,15 @@ def test_default_config_learns_to_high_recall(make_cfg) -> None:
     assert metrics["val/i2t_median_rank"] == 1.0
     state = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert state["epoch"] == cfg.trainer.max_epochs - 1
+
+
+@pytest.mark.parametrize("monitor", ["val/loss", "val/R@1", "train/loss"])
+def test_config_callbacks_can_monitor_the_epoch_metrics(make_cfg, monitor: str) -> None:
+    """Metrics a user's EarlyStopping or ModelCheckpoint can watch must go through self.log (callback_metrics),
+    not only straight to the loggers: otherwise Lightning stops at the first check ('metric not available')."""
+    cfg = make_cfg(
+        "trainer.max_epochs=3", "plots=none",
+        "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", f"+callbacks.stop.monitor={monitor}",
+        "+callbacks.stop.patience=5",
+    )  # fmt: skip
+    assert math.isfinite(train(cfg)[monitor])
