@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from nanovlm.metrics import RetrievalRecall
@@ -110,6 +112,19 @@ class DualEncoder(L.LightningModule):
         for logger in self.loggers:  # Lightning's loggers write on rank 0 only
             logger.log_metrics({**values, "epoch": self.current_epoch}, step=self.global_step)
 
+    def _optimizer_factory_for_trainer(self) -> OptimizerFactory:
+        """The configured factory, unfused when gradients are clipped under mixed precision: Lightning refuses to
+        clip for an optimizer that unscales gradients itself, as fused Adam declares (a speed setting must not
+        turn `trainer=gpu +trainer.gradient_clip_val=1` into a crash)."""
+        factory = self.optimizer_factory
+        trainer = self._trainer
+        mixed = "mixed" in str(getattr(trainer, "precision", ""))
+        clips = getattr(trainer, "gradient_clip_val", None) not in (None, 0)
+        if mixed and clips and getattr(factory, "keywords", {}).get("fused"):
+            rank_zero_warn("optimizer.fused=true cannot clip gradients under mixed precision; using the unfused step")
+            return functools.partial(factory, fused=False)
+        return factory
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """The optimizer's own weight_decay applies to weight matrices only (see DECAYED_LAYERS). A loss
         with a `param_lr` (SigLIP's scale and bias) gets a third group at that lr. With a scheduler
@@ -122,7 +137,7 @@ class DualEncoder(L.LightningModule):
         if param_lr is not None and loss_params:
             groups[1]["params"] = [p for p in no_decay if id(p) not in loss_ids]
             groups.append({"params": loss_params, "weight_decay": 0.0, "lr": param_lr})
-        optimizer = self.optimizer_factory(groups)
+        optimizer = self._optimizer_factory_for_trainer()(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

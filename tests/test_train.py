@@ -67,3 +67,14 @@ def test_config_callbacks_can_monitor_the_epoch_metrics(make_cfg, monitor: str) 
         "+callbacks.stop.patience=5",
     )  # fmt: skip
     assert math.isfinite(train(cfg)[monitor])
+
+
+def test_gradient_clipping_under_mixed_precision_runs_with_the_fused_optimizer_config(make_cfg) -> None:
+    """Fused Adam unscales gradients itself, so Lightning refuses to clip them under mixed precision; the model
+    then builds the unfused step (with a warning) instead of crashing."""
+    clip = ("trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=1.0")
+    cfg = make_cfg("trainer.max_epochs=1", "plots=none", *clip)
+    assert cfg.optimizer.fused
+    with pytest.warns(UserWarning, match="optimizer.fused=true cannot clip gradients under mixed precision"):
+        metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
