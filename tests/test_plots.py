@@ -91,3 +91,30 @@ def test_callback_saves_pictures_in_the_run_dir_and_wandb(tmp_path: Path, monkey
         assert sum(m.startswith(f"{name}_") for m in media) == 2, media  # epoch 2 and the end
     summary = inspect_wandb_run(tmp_path)["summary"]
     assert summary["plots/bands"]["_type"] == "images/separated" and summary["plots/bands"]["count"] == 1
+
+
+@pytest.mark.parametrize("picture", ["bands_one_row", "bands_two_rows", "similarity", "pca"])
+def test_hand_set_margins_keep_every_label_on_the_canvas(tmp_path, monkeypatch, picture: str) -> None:
+    """The end-of-run pictures are saved without bbox_inches="tight" (it draws twice), so their margins are set
+    by hand: every title, tick label and axis label must still lie inside the saved figure."""
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=True: saved.append((fig, tight)) or path)
+    after, before = random_embeddings(dim=32), random_embeddings(dim=32, seed=1)
+    triples = all_triples()
+    captions = [" ".join(t) for t in triples]
+    draw = {
+        "bands_one_row": lambda: plots.embedding_bands(tmp_path / "b.png", after, None, captions),
+        "bands_two_rows": lambda: plots.embedding_bands(tmp_path / "b.png", after, before, captions),
+        "similarity": lambda: plots.similarity_matrix(tmp_path / "s.png", *after, captions),
+        "pca": lambda: plots.pca_scatter(tmp_path / "p.png", *after, triples),
+    }[picture]
+    draw()
+    ((fig, tight),) = saved
+    assert not tight
+    renderer = fig.canvas.get_renderer()
+    used = fig.get_tightbbox(renderer)  # in inches: what bbox_inches="tight" would keep, every drawn artist
+    canvas = fig.bbox_inches
+    tolerance = 0.02
+    assert used.x0 >= canvas.x0 - tolerance and used.y0 >= canvas.y0 - tolerance, (used, canvas)
+    assert used.x1 <= canvas.x1 + tolerance and used.y1 <= canvas.y1 + tolerance, (used, canvas)
+    plots._pyplot().close(fig)
