@@ -15,8 +15,8 @@ def main(cfg: DictConfig) -> float:
     from nanovlm.training import train
 
     if gc.get_freeze_count() == 0:  # once per process (a sweep runs several jobs in one process or worker)
-        # ~10^6 objects of torch, Lightning and W&B live as long as the process. Frozen, the garbage collector
-        # skips them: Python's shutdown took 0.6 s to collect them (here and in every joblib worker), 0.1 s now.
+        # The ~10^6 objects of torch and Lightning live as long as the process. Frozen, the garbage collector skips
+        # them: Python's shutdown took 0.6 s to collect them (here and in every joblib worker), 0.1 s frozen.
         gc.freeze()
     with cli_errors():  # bad config: one line, exit 2; NaN loss: one line, exit 1
         return train(cfg)["val/R@1"]

@@ -291,10 +291,10 @@ def bench_sweep(epochs: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
 
 
 def bench_parallel_bound(epochs: int, repeats: int) -> tuple[list[Row], dict[str, float]]:
-    """(d)'s ceiling for the training part of a job on this machine: the plain loop's fit on all cores (what one
-    serial job gets) vs two fits at once on cores // 2 threads each (what two parallel jobs get). Side by side,
-    training runs at most 2 x t(one fit, all threads) / t(two fits at once, half the threads each) faster; the
-    single-threaded rest of a job (pictures, set-up) can gain up to 2x on 2 cores."""
+    """An estimate of (d)'s ceiling on this machine: the plain loop's fit (train + val) on all cores, what one
+    serial job gets, vs two fits at once on cores // 2 threads each, what two parallel jobs get. Side by side,
+    fitting runs about 2 x t(one fit, all threads) / t(two fits at once, half the threads each) faster; the
+    single-threaded rest of a job (pictures, set-up, Lightning's Python) can gain up to 2x on 2 cores."""
     cores = os.cpu_count() or 1
     half = max(1, cores // 2)
     plain = [sys.executable, "-m", "nanovlm.bench", "--plain", f"trainer.max_epochs={epochs}"]
@@ -314,10 +314,10 @@ def bench_parallel_bound(epochs: int, repeats: int) -> tuple[list[Row], dict[str
         pair.append(max(fit_seconds(start(half), start(half))))
     bound = 2 * statistics.median(alone) / statistics.median(pair)
     row = (
-        f"(d) training alone, 1 fit on {cores} threads vs 2 fits at once on {half} each ({epochs} epochs, plain loop)",
+        f"(d) plain-loop fits (train + val, {epochs} epochs): 1 on {cores} threads vs 2 at once on {half} each",
         cell(alone),
         f"2 at once {cell(pair)}",
-        f"{bound:.2f}x speed-up at most for training",
+        f"{bound:.2f}x speed-up for fits",
         "",
     )
     return [row], {"(d) parallel ceiling": bound}

@@ -80,6 +80,6 @@ def test_launchers_do_not_import_torch_or_lightning() -> None:
 def test_parallel_ceiling_compares_one_fit_with_two_at_once() -> None:
     rows, numbers = bench.bench_parallel_bound(epochs=2, repeats=1)
     (row,) = rows
-    assert row[0].startswith("(d) training alone") and row[3].endswith("x speed-up at most for training")
+    assert row[0].startswith("(d) plain-loop fits") and row[3].endswith("x speed-up for fits")
     # two jobs at once can at best halve the time, and sharing the cores cannot make the pair faster than one
     assert 0.5 < numbers["(d) parallel ceiling"] <= 2.2
