@@ -66,8 +66,8 @@ def embedding_bands(
     """
     plt = _pyplot()
     stages = [("before training", before), ("after training", after)] if before is not None else [("", after)]
-    fig, axes = plt.subplots(len(stages), 2, figsize=(10, 4.2 * len(stages)), squeeze=False)
-    height = 4.2 * len(stages)  # margins in inches, so one row (evaluate) and two (training) both fit
+    height = 4.2 * len(stages)  # inches; the margins below are in inches too, so one row (evaluate) and two fit
+    fig, axes = plt.subplots(len(stages), 2, figsize=(10, height), squeeze=False)
     fig.subplots_adjust(left=0.08, right=1.0, bottom=0.5 / height, top=1 - 0.3 / height, wspace=0.3, hspace=0.3)
     for row, (stage, (image_emb, text_emb)) in enumerate(stages):
         for col, (modality, emb) in enumerate((("image", image_emb), ("text", text_emb))):
