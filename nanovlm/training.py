@@ -153,9 +153,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     try:
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
         run_id = tracking.start_run(logger)
+        every_s = cfg.get("checkpoint_every_s", 0)
         callbacks = [
-            checkpoints.BestCheckpoint(run_dir / "checkpoints", "val/R@1", every_s=cfg.get("checkpoint_every_s", 0)),
-            checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=cfg.get("checkpoint_every_s", 0)),
+            checkpoints.BestCheckpoint(run_dir / "checkpoints", "val/R@1", every_s=every_s),
+            checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
             NonFiniteLossGuard(),
             *build_callbacks(cfg),
