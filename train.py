@@ -11,12 +11,12 @@ from nanovlm.config import CONFIG_DIR, cli_errors
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns val R@1 (mean of both directions), the number sweepers optimise."""
-    # torch and Lightning load here, in the job (~2.5 s): a parallel launcher's main process never needs them.
+    # torch and Lightning load here, in the job: a parallel launcher's main process never needs them.
     from nanovlm.training import train
 
     if gc.get_freeze_count() == 0:  # once per process (a sweep runs several jobs in one process or worker)
         # The ~10^6 objects of torch and Lightning live as long as the process. Frozen, the garbage collector skips
-        # them: Python's shutdown took 0.6 s to collect them (here and in every joblib worker), 0.1 s frozen.
+        # them, and Python's shutdown (here and in every joblib worker) need not walk them (docs/performance.md).
         gc.freeze()
     with cli_errors():  # bad config: one line, exit 2; NaN loss: one line, exit 1
         return train(cfg)["val/R@1"]

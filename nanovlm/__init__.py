@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DualEncoder", "ShapesDataModule", "train"]
 
-# Loaded on first use: `import nanovlm.config` (train.py's main process, sweep.py) must not pay ~2.5 s for
-# torch and Lightning it never uses.
+# Loaded on first use: `import nanovlm.config` (train.py's main process, sweep.py) must not pay for importing
+# torch and Lightning, which it never uses (the cost is in docs/performance.md).
 _LAZY = {"DualEncoder": "nanovlm.module", "ShapesDataModule": "nanovlm.data", "train": "nanovlm.training"}
 
 

@@ -52,8 +52,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class LastCheckpoint(ModelCheckpoint):
     """`last.ckpt` at the end of an epoch, at most every `every_s` seconds, and always at the run's last
-    epoch (max_epochs reached or a callback stopping it). A write costs ~5-10 ms, a whole epoch here ~60 ms:
-    every epoch it was the largest framework cost. A kill loses at most `every_s` of training.
+    epoch (max_epochs reached or a callback stopping it). Written every epoch, it would be the largest framework cost
+    (docs/performance.md). A kill loses at most `every_s` of training.
     `every_s=0` writes every epoch. (Lightning's `save_last` only fires on improving epochs.)"""
 
     def __init__(self, dirpath: Path, every_s: float) -> None:
@@ -76,7 +76,7 @@ class LastCheckpoint(ModelCheckpoint):
 
 class BestCheckpoint(ModelCheckpoint):
     """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so
-    an improvement is first kept in memory (a copy of the checkpoint, ~1 ms) and written at most every
+    an improvement is first kept in memory (a cheap copy of the checkpoint) and written at most every
     `every_s` seconds, at the end of training, and when training fails. `every_s=0` writes each one at once."""
 
     def __init__(self, dirpath: Path, monitor: str, every_s: float) -> None:

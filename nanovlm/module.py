@@ -71,7 +71,7 @@ class DualEncoder(L.LightningModule):
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
 
     def on_train_epoch_end(self) -> None:
-        # One self.log per epoch: each call costs ~0.7 ms of Lightning bookkeeping, a whole step here costs ~10.
+        # One self.log per epoch: each call's Lightning bookkeeping is a sizeable share of a step this small.
         loss = self._loss_sum / max(self._loss_count, 1)
         self.log("train/loss", loss, prog_bar=True, batch_size=self._loss_count, sync_dist=True)
         extra = {f"train/{name}": value for name, value in self.loss.extra_log().items()}
@@ -105,8 +105,8 @@ class DualEncoder(L.LightningModule):
 
     def log_to_loggers(self, metrics: dict[str, torch.Tensor | float]) -> None:
         """Values that need no reduction across processes (already global, or the same on every rank), sent
-        straight to the loggers instead of through self.log's per-key bookkeeping (~0.7 ms each, 11 keys per
-        validation). The latest value of each is kept in `self.logged` (train() returns them)."""
+        straight to the loggers instead of through self.log's per-key bookkeeping (11 keys per validation; the
+        cost is in docs/performance.md). The latest value of each is kept in `self.logged` (train() returns them)."""
         values = {k: float(v) for k, v in metrics.items()}
         self.logged.update(values)
         for logger in self.loggers:  # Lightning's loggers write on rank 0 only

@@ -32,7 +32,7 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path, tight: bool = True) -> Path:
     """`tight=False` for the pictures drawn at the end of every run, whose margins are set by hand: a tight
-    bounding box lays out and draws the whole figure twice (0.8 s -> 0.5 s for the three of them)."""
+    bounding box lays out and draws the whole figure twice (timings in docs/performance.md)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None)
@@ -130,7 +130,7 @@ def pca_scatter(
     for ax, attribute in zip(axes, ATTRIBUTES, strict=True):
         palette, ids = _value_colours(attribute), _value_ids(triples, attribute)
         colours = [palette[i] for i in ids]
-        # One LineCollection, not 243 Line2D artists: the picture is the same, savefig is ~10x faster.
+        # One LineCollection, not 243 Line2D artists: the picture is the same, savefig is much faster.
         ax.add_collection(LineCollection(list(zip(img_xy, txt_xy, strict=True)), colors="0.8", lw=0.5, zorder=0))
         ax.scatter(img_xy[:, 0], img_xy[:, 1], c=colours, marker="o", s=22, edgecolors="k", linewidths=0.3)
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], c=colours, marker="^", s=40, edgecolors="k", linewidths=0.3)

@@ -116,8 +116,8 @@ def torch_threads(requested: int | None = None) -> int:
     parallel launcher runs several jobs.
 
     Oversubscribing (2 jobs x 2 threads on 2 cores) is slower than either alone, so a joblib worker
-    takes cores // n_jobs. On a quiet 2-core machine the default run takes 10.5 s on 2 threads, 13.1 s on 1;
-    on cores shared with other work, 1 thread can be faster (torch_threads=1).
+    takes cores // n_jobs. On quiet cores all threads are fastest; on cores shared with other work, 1 thread can
+    be faster (torch_threads=1; measurements in docs/performance.md).
     """
     if requested is not None:
         return requested
