@@ -2,11 +2,13 @@
 # GPU users: make train TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
+VENV_MIN ?= .venv-min
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+MIN_BIN := $(VENV_MIN)/bin
 ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install install-min train test test-min lint lint-min clean
 
 install: $(VENV)/.installed
 
@@ -17,15 +19,33 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The lowest versions pyproject.toml allows: every floor pinned (.ci/min_versions.py), the rest as pip resolves it.
+install-min: $(VENV_MIN)/.installed
+
+$(VENV_MIN)/.installed: pyproject.toml .ci/min_versions.py
+	rm -rf $(VENV_MIN)
+	$(PYTHON) -m venv $(VENV_MIN)
+	$(PYTHON) .ci/min_versions.py > $(VENV_MIN)/constraints.txt
+	$(MIN_BIN)/python -m pip install --quiet -c $(VENV_MIN)/constraints.txt $(TORCH)
+	$(MIN_BIN)/python -m pip install --quiet -c $(VENV_MIN)/constraints.txt -e ".[dev]"
+	touch $@
+
 train: install
 	$(BIN)/python train.py $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
+test-min: install-min
+	$(MIN_BIN)/python -m pytest $(ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+lint-min: install-min
+	$(MIN_BIN)/ruff check .
+	$(MIN_BIN)/ruff format --check .
 
 clean:
 	rm -rf outputs multirun .pytest_cache
