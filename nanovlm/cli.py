@@ -139,7 +139,18 @@ def job_errors(cfg: DictConfig) -> Iterator[None]:
             sys.exit(RUN_FAILED)
         raise
     except Interrupted as exc:
-        fail(str(exc), exc.exit_code, prefix="stopped")
+        fail(_interrupted_line(cfg, exc), exc.exit_code, prefix="stopped")
+
+
+def _interrupted_line(cfg: DictConfig, exc: Interrupted) -> str:
+    """What stopped the run and how to go on from its last checkpoint."""
+    if exc.__class__ is not Interrupted:  # a subclass (Preempted) says it itself
+        return str(exc)
+    line = f"{signal.Signals(exc.signum).name} ended the run (marked failed)"
+    run_dir = Path(str(cfg.run_dir)) if _resolves(cfg, "run_dir") and cfg.get("run_dir") else None
+    if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        line += f"; to continue from its last checkpoint: ckpt_path={run_dir}"
+    return line
 
 
 def _record_config_error(cfg: DictConfig, error: ConfigError) -> None:
