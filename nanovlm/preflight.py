@@ -130,7 +130,10 @@ def _trainer_error(cfg: DictConfig, error: BaseException) -> ConfigError:
     message = " ".join(str(error).split())
     present = [str(k) for k in cfg.trainer if not str(k).startswith("_")]
     ordered = [k for k in TRAINER_KEYS if k in present] + [k for k in present if k not in TRAINER_KEYS]
-    named = [k for k in ordered if k.lower() in message.lower()]
+    # `devices=0` or `strategy` in Lightning's words is the argument it refuses; a bare word may be context
+    # ("... not a valid input using cpu accelerator").
+    quoted = [k for k in ordered if f"{k}=" in message or f"`{k}`" in message]
+    named = quoted or [k for k in ordered if k.lower() in message.lower()]
     if named:
         return ConfigError(f"trainer.{named[0]}={cfg.trainer[named[0]]} is refused by Lightning: {message}")
     settings = ", ".join(f"{k}={cfg.trainer[k]}" for k in TRAINER_KEYS if k in present)

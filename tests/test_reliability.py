@@ -8,15 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from nanovlm import checkpoints
-from nanovlm.config import CONFIG_DIR, ConfigError
+from nanovlm import checkpoints, cli, preflight, sweeps
+from nanovlm.config import CONFIG_DIR, ConfigError, check_fixed_keys
 from nanovlm.guards import NonFiniteLossError
 from nanovlm.losses import ClipLoss
 from nanovlm.tracking import wandb_mode
@@ -43,28 +45,93 @@ def wandb_runs(run_dir: Path) -> list[dict]:
     return out
 
 
-# --- Bad input on the command line: one line, exit 2, no run dir, fast ------------------------------------------
+# --- Bad input on the command line: one line naming the key, exit 2, no traceback, no run dir --------------------
+# These cases are also the errors table of docs/errors.md (test_errors_doc_lists_the_tested_cases keeps it in step).
+
+
+@dataclass(frozen=True)
+class Case:
+    command: str  # as a user types it
+    code: int
+    line: str  # how the one line on stderr starts, after "error: "
+    subprocess: bool = False  # also run as a user would (one per stage where a check lives); else in-process
+
 
 CLI_CASES = [
-    ("encoder=resnet", "error: unknown option encoder=resnet; allowed encoder options: cnn"),
-    ("model.foo=1", "error: unknown key model.foo; keys in model: embed_dim"),
-    ("model.embed_dim=abc", "error: model.embed_dim must be an integer, got 'abc'"),
-    ("loss.temperature=0", "error: loss.temperature must be > 0, got 0"),
+    Case("train.py encoder=resnet", 2, "unknown option encoder=resnet; allowed encoder options: cnn", True),
+    Case("train.py model.foo=1", 2, "unknown key model.foo; keys in model: embed_dim"),
+    Case("train.py model.embed_dim=abc", 2, "model.embed_dim must be an integer, got 'abc'", True),
+    Case("train.py trainer.max_epochs=0", 2, "trainer.max_epochs must be an integer >= 1, or -1 for no epoch"),
+    Case("train.py loss.temperature=0", 2, "loss.temperature must be > 0, got 0"),
+    Case("train.py trainer=gpu", 2, "trainer.accelerator=gpu but this machine has no CUDA GPU; use trainer=", True),
+    Case("train.py trainer.accelerator=gpu", 2, "trainer.accelerator=gpu but this machine has no CUDA GPU"),
+    Case("train.py trainer=ddp_cpu trainer.devices=300", 2, "trainer.devices=300 asks for 300 CPU processes"),
+    Case("train.py optimizer.lr=-1", 2, "optimizer.lr must be >= 0, got -1 (torch.optim.Adam: Invalid learning"),
+    Case("train.py optimizer=adamw optimizer.betas=[0.9,1.5]", 2, "optimizer.betas must be two numbers in [0, 1)"),
+    Case("train.py scheduler=cosine scheduler.warmup_fraction=2", 2, "scheduler.warmup_fraction must be in [0, 1)"),
+    Case("train.py trainer.accelerator=tpu9", 2, "trainer.accelerator=tpu9 is refused by Lightning: You selected"),
+    Case("train.py trainer.strategy=nosuch", 2, "trainer.strategy=nosuch is refused by Lightning: You select", True),
+    Case("train.py trainer.devices=0", 2, "trainer.devices=0 is refused by Lightning"),
+    Case("train.py ckpt_path=/no/such.ckpt", 2, "ckpt_path=/no/such.ckpt: no such checkpoint file"),
+    Case("train.py hydra.run.dir=/dev/null/run", 2, "hydra.run.dir: cannot create or write /dev/null/run", True),
+    Case("sweep.py sweep=nosuch", 2, "unknown sweep sweep=nosuch; available: ", True),
+    Case("sweep.py --collect no/such/dir", 2, "--collect no/such/dir: no such directory", True),
 ]
 
 
-@pytest.mark.parametrize(("override", "message"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, override: str, message: str) -> None:
+def run_case(case: Case, tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    script, *args = case.command.split()
+    if script == "train.py":
+        args = [*QUIET, *args] + (
+            [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={run_dir}"]
+        )
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def skip_gpu_case_on_a_gpu_machine(case: Case) -> None:
+    if "gpu" in case.command and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is valid here")
+
+
+def in_process_line(case: Case, tmp_path: Path) -> str:
+    """The line train.py / sweep.py would print, from the same checks called in this process."""
+    script, *args = case.command.split()
+    try:
+        if script == "sweep.py":
+            sweep = dict(a.split("=", 1) for a in args if "=" in a).get("sweep")
+            sweeps.load_spec(sweep) if sweep else sweeps.collect(tmp_path / args[-1])
+        else:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                cfg = compose("config", overrides=[f"run_dir={tmp_path / 'run'}", "logger=none", *QUIET, *args])
+            check_fixed_keys(cfg)
+            preflight.check(cfg)
+            train(cfg)
+    except Exception as exc:
+        return cli.one_line(exc).replace(str(tmp_path) + "/", "")
+    return "(no error)"
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if c.subprocess], ids=lambda c: c.command)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: Case) -> None:
+    skip_gpu_case_on_a_gpu_machine(case)
     run_dir = tmp_path / "run"
-    start = time.perf_counter()
-    result = run_train(override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    elapsed = time.perf_counter() - start
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]  # exactly one line
-    assert result.stderr.startswith(message), result.stderr
+    result = run_case(case, tmp_path, run_dir)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == case.code, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {case.line}"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()  # no run dir (and so no W&B run) that could pass for a run
-    assert elapsed < 10, elapsed
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if not c.subprocess and c.code == 2], ids=lambda c: c.command)
+def test_bad_input_message_in_process(tmp_path: Path, case: Case) -> None:
+    skip_gpu_case_on_a_gpu_machine(case)
+    line = in_process_line(case, tmp_path)
+    assert line.startswith(case.line) and "\n" not in line, line
+    assert not (tmp_path / "run").exists()
 
 
 # --- Bad values caught by validation or a constructor, before anything heavy --------------------------------------
@@ -76,7 +143,7 @@ BAD_VALUES = [
     ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1), got 0"),
     ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1), got 1.5"),
     ("data.batch_size=1", "data.batch_size must be an integer >= 2 (a contrastive loss needs negatives), got 1"),
-    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, got 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, or -1 for no epoch limit, got 0"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs must be an integer, got 1.5"),
     ("logger.mode=onlin", "logger.mode must be one of offline, online, disabled, got 'onlin'"),
     ("optimizer.lr=fast", "optimizer.lr must be"),
