@@ -377,3 +377,90 @@ def test_checkpoints_are_written_at_most_every_n_seconds_and_at_the_end(
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 3
     assert torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] == best_epoch
+
+
+# --- Signals: SIGINT/SIGTERM fail the run with 130/143; a scheduler's pre-timeout signal checkpoints and stops ----
+
+# A shell starts background jobs with SIGINT ignored, and a child inherits that: this launcher gives train.py the
+# default disposition back, as an interactive terminal would, so that the test sends the Ctrl-C a user sends.
+DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def start_train(run_dir: Path, *args: str, cwd: Path) -> subprocess.Popen:
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    command = [sys.executable, "-c", DEFAULT_SIGINT, str(REPO / "train.py"), *QUIET, *args, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_after_epoch(proc: subprocess.Popen, run_dir: Path, signum: int, epoch: int = 0) -> None:
+    """Send `signum` once last.ckpt holds `epoch` (the run is in the middle of training)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= epoch:
+            proc.send_signal(signum)
+            return
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"the run ended (or hung) before epoch {epoch}: {proc.communicate()[1][-3000:]}")
+
+
+SIGNAL_CASES = [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNAL_CASES, ids=["SIGTERM", "SIGINT"])
+def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, code: int) -> None:
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *TINY, "trainer.max_epochs=500", "checkpoint_every_s=0", "plots=none", cwd=tmp_path)
+    signal_after_epoch(proc, run_dir, signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr[-3000:]
+    name = signal.Signals(signum).name
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: {name} ended the run (marked failed); to continue from its last checkpoint: ckpt_path={run_dir}"
+    )
+    assert "Traceback" not in stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result == {"status": "failed", "error": f"Interrupted: stopped by {name}"}
+    (run,) = wandb_runs(run_dir)
+    assert run["state"] == "failed"
+
+
+@pytest.mark.slow
+def test_preempted_run_checkpoints_stops_and_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path) -> None:
+    """SIGUSR1 (SLURM's pre-timeout signal; submitit sends SIGUSR2, handled alike): the run finishes its epoch,
+    saves last.ckpt, marks itself preempted and stops. The same command again (what a requeued job runs) resumes
+    it into the same W&B run and ends where an uninterrupted run ends."""
+    epochs = 6
+    args = [*TINY, f"trainer.max_epochs={epochs}", "checkpoint_every_s=1000", "plots=none"]  # last.ckpt: 1st epoch
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *args, cwd=tmp_path)
+    signal_after_epoch(proc, run_dir, signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "preempted" and result["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert stderr.strip().splitlines()[-1].startswith("stopped: stopped by SIGUSR1 (the scheduler's time limit is ne")
+    assert f"after epoch {stopped_at}:" in stderr and stopped_at < epochs - 1
+    (first,) = (p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*"))
+
+    again = start_train(run_dir, *args, cwd=tmp_path)  # the requeued job: same command, same run dir
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+    uninterrupted = train(make_cfg(*args, f"run_dir={tmp_path / 'uninterrupted'}"))
+    ours = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours["epoch"] == ref["epoch"] == epochs - 1
+    for name, value in ref["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], value), name
+    runs = wandb_runs(run_dir)  # offline, a resumed run is a second offline-run-* dir with the same run id
+    assert [r["run_id"] for r in runs] == [first, first]
+    assert runs[-1]["state"] == "finished" and runs[-1]["summary"]["epoch"] == epochs - 1
+    for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss"):
+        assert runs[-1]["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
