@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nanovlm import sweeps
+from nanovlm.config import ConfigError
 from tests.conftest import run_cli
 from tests.test_train import inspect_wandb_run
 
@@ -98,7 +99,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_unknown_sweep_names_the_available_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown sweep 'nope'; available: .*temperature_dim"):
+    with pytest.raises(ConfigError, match=r"unknown sweep sweep=nope; available: .*temperature_dim"):
         sweeps.load_spec("nope")
 
 
