@@ -56,7 +56,7 @@ class Preempted(Interrupted):
         name = signal.Signals(signum).name
         super().__init__(
             signum,
-            f"stopped by {name} (the scheduler's time limit is near) after epoch {epoch}: saved {checkpoint}; "
+            f"{name} (the scheduler's time limit is near) after epoch {epoch}: saved {checkpoint}; "
             "the same command with the same run dir resumes it",
         )
         self.checkpoint, self.launcher_handler = checkpoint, launcher_handler

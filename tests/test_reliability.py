@@ -244,6 +244,12 @@ def test_wandb_online_with_unreachable_server_falls_back_to_offline(monkeypatch)
     assert wandb_mode("disabled") == "disabled"
 
 
+NAN_LINE = (
+    "error: training loss is nan at step 0 (epoch 0, batch 0); stopped before the update. "
+    "Lower optimizer.lr or check loss.temperature"
+)
+
+
 def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path) -> None:
     """One subprocess for two CLI behaviours: `logger.mode=online` with no API key and an empty HOME logs offline
     with a warning; a NaN loss (temperature so small that 1/tau overflows) stops at step 0, one line, exit 1,
@@ -255,10 +261,7 @@ def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline instead" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: training loss is nan at step 0 (epoch 0, batch 0); stopped before the update. "
-        "Lower optimizer.lr or check loss.temperature"
-    )
+    assert result.stderr.strip().splitlines()[-1] == NAN_LINE
     assert "Traceback" not in result.stderr
     (run,) = wandb_runs(run_dir)
     assert run["state"] == "failed"
@@ -445,7 +448,7 @@ def test_preempted_run_checkpoints_stops_and_resumes_to_the_uninterrupted_result
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "preempted" and result["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
-    assert stderr.strip().splitlines()[-1].startswith("stopped: stopped by SIGUSR1 (the scheduler's time limit is ne")
+    assert stderr.strip().splitlines()[-1].startswith("stopped: SIGUSR1 (the scheduler's time limit is ne")
     assert f"after epoch {stopped_at}:" in stderr and stopped_at < epochs - 1
     (first,) = (p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*"))
 
@@ -464,3 +467,42 @@ def test_preempted_run_checkpoints_stops_and_resumes_to_the_uninterrupted_result
     assert runs[-1]["state"] == "finished" and runs[-1]["summary"]["epoch"] == epochs - 1
     for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss"):
         assert runs[-1]["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
+
+
+# --- docs/errors.md: the table of what each mistake prints is generated from the cases above --------------------
+
+ERRORS_DOC = REPO / "docs" / "errors.md"
+MARKERS = ("<!-- errors-table:start -->", "<!-- errors-table:end -->")
+RUN_STOPPED_ROWS = [  # from the NaN, signal and preemption tests above
+    ("`python train.py loss.temperature=1e-40` (the loss turns NaN)", 1, NAN_LINE.split(" (")[0]),
+    *(
+        (f"{signal.Signals(s).name} during training ({'Ctrl-C' if s == signal.SIGINT else 'kill, a scheduler'})", c,
+         f"stopped: {signal.Signals(s).name} ended the run (marked failed); to continue from its last checkpoint: ")
+        for s, c in SIGNAL_CASES
+    ),
+    ("SIGUSR1 / SIGUSR2 during training (SLURM's / submitit's time-limit warning)", "138 / 140",
+     "stopped: SIGUSR1 (the scheduler's time limit is near) after epoch "),
+]  # fmt: skip
+
+
+def errors_table() -> str:
+    """The Markdown table between the markers in docs/errors.md."""
+    rows = ["| you type | exit code | the one line on stderr starts with |", "|---|---|---|"]
+    rows += [f"| `python {c.command}` | {c.code} | `error: {c.line}` |" for c in CLI_CASES]
+    rows += [f"| {what} | {code} | `{line}` |" for what, code, line in RUN_STOPPED_ROWS]
+    return "\n".join(rows)
+
+
+def test_errors_doc_lists_the_tested_cases() -> None:
+    text = ERRORS_DOC.read_text()
+    start, end = (text.index(m) for m in MARKERS)
+    assert text[start + len(MARKERS[0]) : end].strip() == errors_table(), (
+        "docs/errors.md is out of date: regenerate it with `python -m tests.test_reliability`"
+    )
+
+
+if __name__ == "__main__":  # regenerate the table in docs/errors.md
+    text = ERRORS_DOC.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    ERRORS_DOC.write_text(f"{text[:start]}\n{errors_table()}\n{text[end:]}")
+    print(f"wrote {ERRORS_DOC}")
