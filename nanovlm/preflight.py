@@ -38,6 +38,7 @@ def check(cfg: DictConfig) -> None:
     check_launch(cfg)
     check_devices(cfg)
     check_optimizer(cfg)
+    check_schedule_length(cfg)
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -105,6 +106,17 @@ def check_optimizer(cfg: DictConfig) -> None:
                 must = f"must be {allowed}" if allowed else "is refused"
                 raise ConfigError(f"optimizer.{key} {must}, got {values[key]} ({target}: {message})") from None
         raise ConfigError(f"optimizer ({target}) refuses its settings: {message}") from None
+
+
+def check_schedule_length(cfg: DictConfig) -> None:
+    """`trainer.max_epochs=-1` (Lightning's "no epoch limit") is fine on its own, but a scheduler spreads its
+    decay over the run's steps and needs to know how many there are."""
+    unbounded = cfg.trainer.get("max_epochs") == -1 and cfg.trainer.get("max_steps", -1) in (-1, None)
+    if cfg.get("scheduler") and unbounded:
+        raise ConfigError(
+            "trainer.max_epochs=-1 gives the run no end, which the scheduler needs to know: "
+            "set +trainer.max_steps=<steps>, or use scheduler=none"
+        )
 
 
 def check_trainer(cfg: DictConfig) -> None:

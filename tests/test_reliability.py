@@ -164,6 +164,15 @@ def test_bad_value_raises_config_error_before_any_run_dir(make_cfg, tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+def test_max_epochs_minus_one_means_no_epoch_limit(make_cfg) -> None:
+    """Lightning's -1 is accepted: the run ends at max_steps (6 steps: 1.5 epochs of 4 batches)."""
+    cfg = make_cfg(*TINY, "trainer.max_epochs=-1", "+trainer.max_steps=6", "plots=none")
+    assert 0.0 <= train(cfg)["val/R@1"] <= 1.0
+    assert torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=-1 gives the run no end.*\+trainer.max_steps"):
+        train(make_cfg(*TINY, "trainer.max_epochs=-1", "scheduler=cosine"))
+
+
 def _options_with_key(group: str, *keys: str) -> list[str]:
     """Config options (after other helpers' encoders are merged) that have one of `keys`."""
     found = []
@@ -430,6 +439,10 @@ def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, 
     assert result == {"status": "failed", "error": f"Interrupted: stopped by {name}"}
     (run,) = wandb_runs(run_dir)
     assert run["state"] == "failed"
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "0").symlink_to(run_dir)  # as job 0 of a sweep, it is collected as failed
+    (job,) = sweeps.collect(tmp_path / "sweep")
+    assert job.status == "failed" and job.error == f"Interrupted: stopped by {name}"
 
 
 @pytest.mark.slow
