@@ -139,3 +139,17 @@ def test_optuna_sweep_runs_its_trials(tmp_path: Path) -> None:
     assert [j.status for j in jobs] == ["ok", "ok"]
     temperatures = [float(j.overrides["loss.temperature"]) for j in jobs]
     assert all(0.05 <= t <= 0.2 for t in temperatures) and temperatures[0] != temperatures[1]
+
+
+def test_the_summary_run_uses_the_jobs_wandb_settings(tmp_path: Path) -> None:
+    """The sweep-summary W&B run goes to the project and mode the jobs logged with, none when they had no logger."""
+
+    def job(num: int, logger: dict | None) -> sweeps.Job:
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        config = {"seed": 0, **({"logger": logger} if logger is not None else {})}
+        (tmp_path / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        return sweeps.Job(num, tmp_path / str(num), {}, "ok", {})
+
+    logged = job(0, {"project": "elsewhere", "mode": "${oc.env:NANOVLM_TEST_MODE,disabled}", "name": None})
+    assert sweeps.jobs_logger([logged]) == {"project": "elsewhere", "mode": "disabled", "name": None}
+    assert sweeps.jobs_logger([job(1, None)]) is None
