@@ -1,7 +1,9 @@
 """Where the Hydra configs live, and the checks that turn a bad config into one readable line.
 
 Validation has two layers, so that a new encoder or loss needs no edit here:
-- a short table of fixed top-level keys (seed, model.embed_dim, data.batch_size, ...) with type and range;
+- a short table of fixed top-level keys (seed, model.embed_dim, data.batch_size, ...) with type and range, the one
+  place each range is written: `check_fixed_keys` runs it before torch is imported, and a constructor that takes
+  one of these keys calls `check_value`;
 - every `_target_` node is checked against its target's constructor: unknown keys list the allowed ones, and
   values are checked against the parameter's type hint. Range checks that belong to one class (temperature > 0,
   heads dividing the width, ...) live in that class's constructor as a ValueError naming the config key;
