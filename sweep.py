@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from nanovlm import sweeps
+from nanovlm import cli, sweeps
+from nanovlm.config import ConfigError
 
 
 def main() -> int:
@@ -35,13 +36,14 @@ def main() -> int:
         return 0
     sweep_dir, code, seconds = sweeps.run(spec, train_py, extra, named.get("launcher"))
     print(f"sweep wall time {seconds:.1f} s (train.py exit code {code})")
-    try:
-        result = sweeps.report(sweep_dir, spec, use_wandb=not opts.no_wandb)
-    except FileNotFoundError as error:  # train.py -m failed before launching any job
-        print(f"sweep failed: {error}", file=sys.stderr)
-        return 1
+    if not any(d.name.isdigit() for d in sweep_dir.iterdir()):  # train.py -m stopped before any job, and said why
+        return code or cli.RUN_FAILED
+    result = sweeps.report(sweep_dir, spec, use_wandb=not opts.no_wandb)
     return 1 if result["failed"] or code != 0 else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as error:  # an unknown sweep, a dir that is not a sweep: one line, exit 2
+        cli.fail(str(error), cli.BAD_INPUT)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import lightning as L
 
+from nanovlm.config import check_value
+
 
 class StopAtRecall(L.Callback):
     """Stop training after the first validation epoch with val/R@1 >= `target`."""
 
     def __init__(self, target: float, monitor: str = "val/R@1") -> None:
-        if not 0.0 < target <= 1.0:
-            raise ValueError(f"stop_at_recall must be a number in (0, 1], got {target}")
+        check_value("stop_at_recall", target)  # the range lives in nanovlm.config.RULES
         self.target, self.monitor = target, monitor
         self.stopped_epoch: int | None = None
 

@@ -1,7 +1,9 @@
 """Where the Hydra configs live, and the checks that turn a bad config into one readable line.
 
 Validation has two layers, so that a new encoder or loss needs no edit here:
-- a short table of fixed top-level keys (seed, model.embed_dim, data.batch_size, ...) with type and range;
+- a short table of fixed top-level keys (seed, model.embed_dim, data.batch_size, ...) with type and range, the one
+  place each range is written: `check_fixed_keys` runs it before torch is imported, and a constructor that takes
+  one of these keys calls `check_value`;
 - every `_target_` node is checked against its target's constructor: unknown keys list the allowed ones, and
   values are checked against the parameter's type hint. Range checks that belong to one class (temperature > 0,
   heads dividing the width, ...) live in that class's constructor as a ValueError naming the config key;
@@ -11,13 +13,11 @@ Validation has two layers, so that a new encoder or loss needs no edit here:
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import inspect
 import os
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,13 +70,28 @@ RULES: tuple[Rule, ...] = (
     Rule("data.batch_size", int, lambda v: v >= 2, "an integer >= 2 (a contrastive loss needs negatives)"),
     Rule("data.val_fraction", float, lambda v: 0 < v < 1, "a number in (0, 1)"),
     Rule("data.split_seed", int),
-    Rule("trainer.max_epochs", int, lambda v: v >= 1, "an integer >= 1"),
+    Rule("trainer.max_epochs", int, lambda v: v >= 1 or v == -1, "an integer >= 1, or -1 for no epoch limit"),
     Rule("logger.mode", str, lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}", optional=True),
     Rule("ckpt_path", str, optional=True),
     Rule("torch_threads", int, lambda v: v >= 1, "an integer >= 1, or null for cores / parallel jobs", optional=True),
     Rule("stop_at_recall", float, lambda v: 0 < v <= 1, "a number in (0, 1]", optional=True),
     Rule("checkpoint_every_s", float, lambda v: v >= 0, "a number of seconds >= 0 (0: every epoch)"),
 )
+
+
+RULE_BY_KEY = {rule.key: rule for rule in RULES}
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise ConfigError unless `value` passes the rule for `key`: constructors that take a fixed key
+    (ShapesDataModule's batch_size, ...) call this, so each range is written once, in RULES."""
+    rule = RULE_BY_KEY[key]
+    if value is None and rule.optional:
+        return
+    if not _matches(value, rule.type):
+        raise ConfigError(f"{key} must be {_type_name(rule.type)}, got {value!r}")
+    if rule.check is not None and not rule.check(value):
+        raise ConfigError(f"{key} must be {rule.allowed}, got {value!r}")
 
 
 def _check_rule(cfg: DictConfig, rule: Rule) -> None:
@@ -86,14 +101,9 @@ def _check_rule(cfg: DictConfig, rule: Rule) -> None:
             return
         raise ConfigError(f"{rule.key} is missing: the config has no '{section}' section")
     value = OmegaConf.select(cfg, rule.key, default=None)
-    if value is None:
-        if rule.optional:
-            return
+    if value is None and not rule.optional:
         raise ConfigError(f"{rule.key} must be set ({rule.allowed or _type_name(rule.type)}), got null")
-    if not _matches(value, rule.type):
-        raise ConfigError(f"{rule.key} must be {_type_name(rule.type)}, got {value!r}")
-    if rule.check is not None and not rule.check(value):
-        raise ConfigError(f"{rule.key} must be {rule.allowed}, got {value!r}")
+    check_value(rule.key, value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -117,7 +127,8 @@ def _target_nodes(node: Any, path: str = "") -> list[tuple[str, DictConfig]]:
     return found
 
 
-def _check_target_node(path: str, node: DictConfig) -> None:
+def check_target_node(path: str, node: DictConfig) -> None:
+    """Unknown keys (listing the allowed ones) and values of the wrong type, against the target's signature."""
     from hydra.utils import get_object
 
     target_path = node._target_
@@ -211,12 +222,17 @@ def _yaml_expressible(hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     if hint in names:
         return names[hint]
     origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not Ellipsis]
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if _yaml_expressible(a)]
+        literals = [v for a in members if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        others = [_type_name(a) for a in members if typing.get_origin(a) is not typing.Literal]
+        return " or ".join([*others, *(["one of " + ", ".join(repr(v) for v in literals)] if literals else [])])
     if origin in (list, tuple, collections.abc.Sequence) and len(args) == 1 and args[0] in names:
         return f"a list of {names[args[0]].split(' ', 1)[1]}s"
     return "of type " + str(hint).replace("typing.", "")
@@ -227,70 +243,37 @@ def _type_name(hint: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first bad value in `cfg`; cheap (no model, no data, no I/O)."""
+def check_fixed_keys(cfg: DictConfig) -> None:
+    """The checks that need no torch: the config resolves, and the fixed keys (RULES) hold. `train.py` runs
+    these before importing torch and Lightning, so a typo costs Hydra's start-up, not theirs."""
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # an interpolation that points nowhere, a bad ${oc.env:...}
         raise ConfigError(f"the config does not resolve: {_first_line(str(exc))}") from None
     for rule in RULES:
         _check_rule(cfg, rule)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value in `cfg`; cheap (no model, no data, no I/O), but it imports
+    every `_target_` to read its signature."""
+    check_fixed_keys(cfg)
     for path, node in _target_nodes(cfg):
-        _check_target_node(path, node)
-
-
-def one_line(exc: BaseException) -> str:
-    """One readable line for a config mistake caught by Hydra or by `validate`."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
-        group, _, choice = exc.missing_cfg_file.rpartition("/")
-        allowed = ", ".join(sorted(exc.options)) or "(none)"
-        return f"unknown option {group}={choice}; allowed {group} options: {allowed}"
-    cause = exc.__cause__
-    if isinstance(exc, ConfigCompositionException) and cause is not None and "not in struct" in str(cause):
-        full_key = getattr(cause, "full_key", None) or _first_line(str(exc))
-        parent = getattr(cause, "parent_node", None)
-        where = full_key.rpartition(".")[0] or "the top level"
-        keys = ", ".join(str(k) for k in parent if k != "hydra") if isinstance(parent, DictConfig) else "see conf/"
-        return f"unknown key {full_key}; keys in {where}: {keys} (use +{full_key}=... to add a new one)"
-    if isinstance(exc, OverrideParseException | ConfigCompositionException):
-        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return _first_line(str(exc))
+        check_target_node(path, node)
 
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-@contextlib.contextmanager
-def cli_errors() -> Iterator[None]:
-    """Around a `@hydra.main` call and inside its task: a config mistake (or a RunError such as a NaN loss)
-    prints one `error: ...` line and exits 2 (bad input) or 1 (failed run), not a stack trace.
-
-    Outside the task it catches composition errors (unknown option or key); Hydra would print a multi-line
-    report unless HYDRA_FULL_ERROR is set, so it is set here. Inside the task it catches errors before Hydra
-    adds its "Error executing job" line. Anything unexpected still shows its full traceback.
-    """
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    try:
-        yield
-    except (ConfigError, MissingConfigException, ConfigCompositionException, OverrideParseException) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        _exit_unless_sweep_job(2)
-        raise
-    except RunError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        _exit_unless_sweep_job(1)
-        raise
-
-
-def _exit_unless_sweep_job(code: int) -> None:
-    """Exit now, except inside one job of a multirun: there the error must reach Hydra's launcher, which
-    records the job as failed and goes on with the others (SystemExit would end the whole sweep)."""
+def hydra_runtime() -> Any:
+    """Hydra's runtime config when running under @hydra.main, else None (tests, notebooks)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not (HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"):
-        sys.exit(code)
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun() -> bool:
+    """True inside one job of `train.py -m` (a sweep), where a failure must fail the job, not the sweep."""
+    hydra_cfg = hydra_runtime()
+    return hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN"

@@ -15,6 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 
+from nanovlm.config import check_value
+
 IMAGE_SIZE = 32
 # RGB values picked to stay far apart at 32x32 on a black background.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -188,10 +190,8 @@ class ShapesDataModule(L.LightningDataModule):
         holdout: Sequence[str] = ("yellow triangle", "blue circle"),
     ) -> None:
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        if batch_size < 2:
-            raise ValueError(f"data.batch_size must be >= 2 for a contrastive loss, got {batch_size}")
+        check_value("data.val_fraction", val_fraction)  # the ranges live in nanovlm.config.RULES
+        check_value("data.batch_size", batch_size)
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from nanovlm.config import CONFIG_DIR
+from nanovlm.config import CONFIG_DIR, ConfigError
 
 SPEC_DIR = CONFIG_DIR / "sweep"
 DEFAULT_COLUMNS = ["val/i2t_R@1", "val/t2i_R@1", "time/fit_s"]
@@ -54,11 +54,14 @@ def load_spec(name: str) -> SweepSpec:
     """A spec by name (conf/sweep/<name>.yaml) or by path to a YAML file of the same form."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else SPEC_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown sweep {name!r}; available: {', '.join(available_specs())} (in {SPEC_DIR})")
+        raise ConfigError(f"unknown sweep sweep={name}; available: {', '.join(available_specs())} (in {SPEC_DIR})")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    unknown = set(raw) - set(SweepSpec.__dataclass_fields__)
+    fields = set(SweepSpec.__dataclass_fields__)
+    unknown = set(raw) - fields
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SweepSpec.__dataclass_fields__)}")
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(fields))}")
+    if not isinstance(raw.get("params"), dict) or not raw["params"]:
+        raise ConfigError(f"{path}: params must map each swept key to its values, e.g. loss.temperature: [0.05, 0.1]")
     raw["params"] = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in raw["params"].items()}
     return SweepSpec(name=path.stem, **{k: v for k, v in raw.items() if k != "name"})
 
@@ -78,7 +81,7 @@ def multirun_command(spec: SweepSpec, train_py: Path, sweep_dir: Path, extra: li
     elif spec.sweeper == "basic":
         sweeper = []
     else:
-        raise ValueError(f"sweeper must be basic or optuna, got {spec.sweeper!r}")
+        raise ConfigError(f"sweeper must be basic or optuna, got {spec.sweeper!r}")
     return [
         sys.executable,
         str(train_py),
@@ -95,7 +98,7 @@ def multirun_command(spec: SweepSpec, train_py: Path, sweep_dir: Path, extra: li
 def wandb_sweep_config(spec: SweepSpec, train_py: Path) -> dict[str, Any]:
     """A W&B sweep (grid) whose agent runs train.py with Hydra `key=value` overrides, for online users."""
     if spec.sweeper != "basic":
-        raise ValueError(f"--wandb-sweep writes grid sweeps; sweep {spec.name!r} uses sweeper={spec.sweeper}")
+        raise ConfigError(f"--wandb-sweep writes grid sweeps; sweep {spec.name!r} uses sweeper={spec.sweeper}")
 
     return {
         "program": str(train_py),
@@ -137,7 +140,7 @@ def collect(sweep_dir: Path) -> list[Job]:
     """Read every job dir (0/, 1/, ...) of a multirun dir."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"no sweep dir {sweep_dir}")
+        raise ConfigError(f"--collect {sweep_dir}: no such directory (a sweep dir is multirun/<name>_<time>)")
     jobs = []
     for job_dir in sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
@@ -155,7 +158,7 @@ def collect(sweep_dir: Path) -> list[Job]:
             )
         )
     if not jobs:
-        raise FileNotFoundError(f"{sweep_dir} holds no job dirs (0/, 1/, ...)")
+        raise ConfigError(f"--collect {sweep_dir}: holds no job dirs (0/, 1/, ...); is it a sweep dir?")
     return jobs
 
 
@@ -273,19 +276,33 @@ def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric:
     return path
 
 
+def jobs_logger(jobs: list[Job]) -> dict[str, Any] | None:
+    """The W&B settings (logger.project, logger.mode, ...) the sweep's jobs ran with, read from the first job's
+    saved config, so the summary lands beside its runs; None when they ran with logger=none."""
+    for job in jobs:
+        saved = job.dir / ".hydra" / "config.yaml"
+        if saved.is_file():
+            logger = OmegaConf.load(saved).get("logger")  # mode: ${oc.env:WANDB_MODE,offline} resolves as in the job
+            return OmegaConf.to_container(logger, resolve=True) if logger and logger.get("project") else None
+    return None
+
+
 def log_summary_to_wandb(
-    sweep_dir: Path, group: str, header: list[str], rows: list[dict[str, Any]], images: list[Path]
+    sweep_dir: Path, group: str, header: list[str], rows: list[dict[str, Any]], images: list[Path], logger: dict
 ) -> None:
-    """One extra W&B run per sweep (job_type sweep-summary) holding the table and the heatmap."""
+    """One extra W&B run per sweep (job_type sweep-summary) holding the table and the heatmap, in the project and
+    mode of the sweep's jobs (`logger` is their logger config)."""
     import wandb
 
+    from nanovlm.tracking import wandb_mode
+
     run = wandb.init(
-        project="nanovlm",
+        project=str(logger["project"]),
         group=group,
         name=f"{group}-summary",
         job_type="sweep-summary",
         dir=str(sweep_dir),
-        mode=os.environ.get("WANDB_MODE", "offline"),
+        mode=wandb_mode(str(logger.get("mode") or "offline")),
         settings=wandb.Settings(silent=True),
     )
     try:
@@ -321,6 +338,7 @@ def report(sweep_dir: Path, spec: SweepSpec | None = None, use_wandb: bool = Tru
     if best is not None:
         setting = " ".join(f"{k}={best[k]}" for k in keys) or "(single setting)"
         print(f"best {spec.metric} = {best[spec.metric]:.3f}: {setting}")
-    if use_wandb:
-        log_summary_to_wandb(sweep_dir, sweep_dir.name, header, rows, images)
+    logger = jobs_logger(jobs)
+    if use_wandb and logger is not None:
+        log_summary_to_wandb(sweep_dir, sweep_dir.name, header, rows, images, logger)
     return {"jobs": jobs, "header": header, "rows": rows, "best": best, "failed": failed}

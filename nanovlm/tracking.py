@@ -18,12 +18,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-
-def hydra_runtime() -> Any:
-    """Hydra's runtime config when running under @hydra.main, else None (tests, notebooks)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
+from nanovlm.config import hydra_runtime, is_multirun
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -33,7 +28,7 @@ def run_name(cfg: DictConfig) -> str:
     hydra_cfg = hydra_runtime()
     if hydra_cfg is None:
         return "-".join(cfg[g]._target_.rsplit(".", 1)[-1] for g in ("encoder", "text_encoder", "loss"))
-    if hydra_cfg.mode.name == "MULTIRUN":
+    if is_multirun():
         return f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname or 'defaults'}"
     choices = hydra_cfg.runtime.choices
     return "-".join(str(choices.get(g)) for g in ("encoder", "text_encoder", "loss"))
@@ -43,9 +38,8 @@ def run_group(cfg: DictConfig) -> str | None:
     """The W&B group: `logger.group`, else one group per multirun sweep (named after its dir)."""
     if cfg.logger.get("group"):
         return str(cfg.logger.group)
-    hydra_cfg = hydra_runtime()
-    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
-        return Path(hydra_cfg.sweep.dir).name
+    if is_multirun():
+        return Path(hydra_runtime().sweep.dir).name
     return None
 
 
@@ -92,11 +86,14 @@ def start_run(logger: Any, attempts: int = 15) -> str | None:
     return None
 
 
-def finish(logger: Any, exit_code: int) -> None:
-    """Close the W&B run (exit code 1 marks it failed), so the next job of a sweep starts clean."""
+def finish(logger: Any, exit_code: int, preempting: bool = False) -> None:
+    """Close the W&B run (exit code 1 marks it failed), so the next job of a sweep starts clean. `preempting`:
+    the scheduler stopped it and the requeued job will resume it (W&B shows it as preempted meanwhile)."""
     if logger:
         import wandb
 
+        if preempting:
+            logger.experiment.mark_preempting()
         wandb.finish(exit_code=exit_code)
 
 

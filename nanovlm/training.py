@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +17,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nanovlm import checkpoints, tracking
+from nanovlm import checkpoints, preflight, tracking
 from nanovlm.callbacks import StopAtRecall
-from nanovlm.config import ConfigError, validate
+from nanovlm.cli import write_result
+from nanovlm.config import ConfigError, hydra_runtime, validate
 from nanovlm.data import VOCAB, ShapesDataModule
-from nanovlm.guards import NonFiniteLossGuard
+from nanovlm.guards import NonFiniteLossGuard, Preempted, Preemption
 from nanovlm.module import DualEncoder
 
 
@@ -43,10 +43,12 @@ def build_model(cfg: DictConfig) -> DualEncoder:
 def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any] | None]:
     """Validate `cfg`, build the data and model, read the checkpoint to resume from (if any).
 
-    Cheap (milliseconds): constructors' own range checks (temperature > 0, ...) surface here as ConfigError.
+    Cheap (tens of milliseconds): whatever a constructor, torch's optimizer or Lightning's Trainer would refuse
+    later surfaces here as one ConfigError, before a run dir, a W&B run or a worker process exists.
     """
     validate(cfg)
-    _check_launch(cfg)
+    preflight.check(cfg)
+    preflight.check_trainer(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         datamodule: ShapesDataModule = instantiate(cfg.data)
@@ -56,27 +58,26 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     checkpoint = None
-    if cfg.get("ckpt_path"):
-        path = checkpoints.resolve_ckpt_path(cfg.ckpt_path)
+    ckpt_path = cfg.get("ckpt_path") or preempted_checkpoint(Path(cfg.run_dir) if cfg.get("run_dir") else None)
+    if ckpt_path:
+        path = checkpoints.resolve_ckpt_path(str(ckpt_path))
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
         checkpoint["path"] = str(path)
     return model, datamodule, checkpoint
 
 
-def _check_launch(cfg: DictConfig) -> None:
-    """Lightning's `ddp` strategy re-runs train.py with the same arguments for every extra device; under
-    Hydra's -m each copy would run the whole sweep again. SLURM (one task per rank) and torchrun start the
-    ranks themselves, and `ddp_spawn` forks from inside the job, so those are fine."""
-    hydra_cfg = tracking.hydra_runtime()
-    strategy = str(cfg.trainer.get("strategy", "auto"))
-    launched_per_rank = any(k in os.environ for k in ("SLURM_NTASKS", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"))
-    multirun = hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN"
-    if multirun and strategy.startswith("ddp") and "spawn" not in strategy and not launched_per_rank:
-        raise ConfigError(
-            f"trainer.strategy={strategy} re-launches train.py per device, which under -m re-runs the sweep; "
-            "in a multirun use trainer.strategy=ddp_spawn or hydra/launcher=slurm"
-        )
+def preempted_checkpoint(run_dir: Path | None) -> Path | None:
+    """The last.ckpt to continue from when this run dir's previous run was stopped by a scheduler: its
+    result.json says "preempted" (see guards.Preemption), or SLURM requeued this job (SLURM_RESTART_COUNT).
+    A requeued job runs the same command in the same dir, so it picks up where it stopped, in the same W&B run."""
+    if run_dir is None:
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = run_dir / "result.json"
+    preempted = result.is_file() and json.loads(result.read_text()).get("status") == "preempted"
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    return last if (preempted or requeued) and last.is_file() else None
 
 
 def _as_config_error(exc: InstantiationException) -> ConfigError:
@@ -84,23 +85,9 @@ def _as_config_error(exc: InstantiationException) -> ConfigError:
     cause = exc.__cause__
     key = re.search(r"full_key: (\S+)", str(exc))
     if isinstance(cause, ValueError):
-        return ConfigError(str(cause))
+        return ConfigError(" ".join(str(cause).split()))
     where = key.group(1) if key else "config"
     return ConfigError(f"{where}: {type(cause).__name__ if cause else 'error'}: {cause or exc}")
-
-
-def _discard_unused_run_dir(run_dir: Path, error: ConfigError) -> None:
-    """After a config error, remove the dir Hydra made for this run if it holds only Hydra's own files,
-    so no run dir looks like a run. A sweep job's dir stays, with a failed result.json, so the sweep's
-    table can report the failure."""
-    hydra_cfg = tracking.hydra_runtime()
-    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
-        _write_result(run_dir, {"status": "failed", "error": f"ConfigError: {error}"})
-        return
-    if not (run_dir / ".hydra").is_dir():
-        return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -122,7 +109,7 @@ def torch_threads(requested: int | None = None) -> int:
     if requested is not None:
         return requested
     cores = os.cpu_count() or 1
-    hydra_cfg = tracking.hydra_runtime()
+    hydra_cfg = hydra_runtime()
     launcher = hydra_cfg.launcher if hydra_cfg is not None else {}
     n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else 1
     if n_jobs is None or n_jobs < 1:
@@ -139,14 +126,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     what sweeps collect. `extra_callbacks` are appended to the Trainer's (the benchmark's timers use it).
     """
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
-    try:
-        if run_dir is None:
-            raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
-        model, datamodule, resume_from = build(cfg)
-    except ConfigError as error:
-        if run_dir is not None:
-            _discard_unused_run_dir(run_dir, error)
-        raise
+    if run_dir is None:
+        raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
+    model, datamodule, resume_from = build(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
@@ -159,6 +141,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
             NonFiniteLossGuard(),
+            preemption := Preemption(run_dir / "checkpoints" / "last.ckpt"),
             *build_callbacks(cfg),
             *extra_callbacks,
         ]
@@ -173,6 +156,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
+        if (preempted := preemption.stopped()) is not None:  # the scheduler's time is nearly up: it requeues us
+            raise preempted
         if "val/R@1" not in trainer.callback_metrics:  # resumed a finished run, or the last epoch skipped val
             trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
@@ -180,6 +165,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
         if logger:
             logger.experiment.summary.update(metrics)
+    except Preempted as error:
+        _write_result(run_dir, {"status": "preempted", "error": str(error), "checkpoint": str(error.checkpoint)})
+        tracking.finish(logger, exit_code=1, preempting=True)  # the requeued job resumes this W&B run
+        error.requeue()
+        raise
     except BaseException as error:
         _write_result(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
         tracking.finish(logger, exit_code=1)  # marks the W&B run failed; the next sweep job starts clean
@@ -190,12 +180,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     return metrics
 
 
-@rank_zero_only
-def _write_result(run_dir: Path, result: dict[str, Any]) -> None:
-    """Write result.json atomically, so a reader never sees half a file."""
-    tmp = run_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(run_dir / "result.json")
+_write_result = rank_zero_only(write_result)
 
 
 @rank_zero_only

@@ -104,8 +104,8 @@ def test_dataloaders_serve_tensor_batches_of_the_right_items() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"val_fraction": 1.0}, r"data.val_fraction must be in \(0, 1\)"),
-    ({"batch_size": 1}, "data.batch_size must be >= 2"),
+    ({"val_fraction": 1.0}, r"data.val_fraction must be a number in \(0, 1\)"),
+    ({"batch_size": 1}, "data.batch_size must be an integer >= 2"),
 ])  # fmt: skip
 def test_datamodule_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -8,15 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from nanovlm import checkpoints
-from nanovlm.config import CONFIG_DIR, ConfigError
+from nanovlm import checkpoints, cli, preflight, sweeps
+from nanovlm.config import CONFIG_DIR, ConfigError, check_fixed_keys
 from nanovlm.guards import NonFiniteLossError
 from nanovlm.losses import ClipLoss
 from nanovlm.tracking import wandb_mode
@@ -43,28 +45,93 @@ def wandb_runs(run_dir: Path) -> list[dict]:
     return out
 
 
-# --- Bad input on the command line: one line, exit 2, no run dir, fast ------------------------------------------
+# --- Bad input on the command line: one line naming the key, exit 2, no traceback, no run dir --------------------
+# These cases are also the errors table of docs/errors.md (test_errors_doc_lists_the_tested_cases keeps it in step).
+
+
+@dataclass(frozen=True)
+class Case:
+    command: str  # as a user types it
+    code: int
+    line: str  # how the one line on stderr starts, after "error: "
+    subprocess: bool = False  # also run as a user would (one per stage where a check lives); else in-process
+
 
 CLI_CASES = [
-    ("encoder=resnet", "error: unknown option encoder=resnet; allowed encoder options: cnn"),
-    ("model.foo=1", "error: unknown key model.foo; keys in model: embed_dim"),
-    ("model.embed_dim=abc", "error: model.embed_dim must be an integer, got 'abc'"),
-    ("loss.temperature=0", "error: loss.temperature must be > 0, got 0"),
+    Case("train.py encoder=resnet", 2, "unknown option encoder=resnet; allowed encoder options: cnn", True),
+    Case("train.py model.foo=1", 2, "unknown key model.foo; keys in model: embed_dim"),
+    Case("train.py model.embed_dim=abc", 2, "model.embed_dim must be an integer, got 'abc'", True),
+    Case("train.py trainer.max_epochs=0", 2, "trainer.max_epochs must be an integer >= 1, or -1 for no epoch"),
+    Case("train.py loss.temperature=0", 2, "loss.temperature must be > 0, got 0"),
+    Case("train.py trainer=gpu", 2, "trainer.accelerator=gpu but this machine has no CUDA GPU; use trainer=", True),
+    Case("train.py trainer.accelerator=gpu", 2, "trainer.accelerator=gpu but this machine has no CUDA GPU"),
+    Case("train.py trainer=ddp_cpu trainer.devices=300", 2, "trainer.devices=300 asks for 300 CPU processes"),
+    Case("train.py optimizer.lr=-1", 2, "optimizer.lr must be >= 0, got -1 (torch.optim.Adam: Invalid learning"),
+    Case("train.py optimizer=adamw optimizer.betas=[0.9,1.5]", 2, "optimizer.betas must be two numbers in [0, 1)"),
+    Case("train.py scheduler=cosine scheduler.warmup_fraction=2", 2, "scheduler.warmup_fraction must be in [0, 1)"),
+    Case("train.py trainer.accelerator=tpu9", 2, "trainer.accelerator=tpu9 is refused by Lightning: You selected"),
+    Case("train.py trainer.strategy=nosuch", 2, "trainer.strategy=nosuch is refused by Lightning: You select", True),
+    Case("train.py trainer.devices=0", 2, "trainer.devices=0 is refused by Lightning"),
+    Case("train.py ckpt_path=/no/such.ckpt", 2, "ckpt_path=/no/such.ckpt: no such checkpoint file"),
+    Case("train.py hydra.run.dir=/dev/null/run", 2, "hydra.run.dir: cannot create or write /dev/null/run", True),
+    Case("sweep.py sweep=nosuch", 2, "unknown sweep sweep=nosuch; available: ", True),
+    Case("sweep.py --collect no/such/dir", 2, "--collect no/such/dir: no such directory", True),
 ]
 
 
-@pytest.mark.parametrize(("override", "message"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, override: str, message: str) -> None:
+def run_case(case: Case, tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    script, *args = case.command.split()
+    if script == "train.py":
+        args = [*QUIET, *args] + (
+            [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={run_dir}"]
+        )
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def skip_gpu_case_on_a_gpu_machine(case: Case) -> None:
+    if "gpu" in case.command and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is valid here")
+
+
+def in_process_line(case: Case, tmp_path: Path) -> str:
+    """The line train.py / sweep.py would print, from the same checks called in this process."""
+    script, *args = case.command.split()
+    try:
+        if script == "sweep.py":
+            sweep = dict(a.split("=", 1) for a in args if "=" in a).get("sweep")
+            sweeps.load_spec(sweep) if sweep else sweeps.collect(tmp_path / args[-1])
+        else:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                cfg = compose("config", overrides=[f"run_dir={tmp_path / 'run'}", "logger=none", *QUIET, *args])
+            check_fixed_keys(cfg)
+            preflight.check(cfg)
+            train(cfg)
+    except Exception as exc:
+        return cli.one_line(exc).replace(str(tmp_path) + "/", "")
+    return "(no error)"
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if c.subprocess], ids=lambda c: c.command)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: Case) -> None:
+    skip_gpu_case_on_a_gpu_machine(case)
     run_dir = tmp_path / "run"
-    start = time.perf_counter()
-    result = run_train(override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    elapsed = time.perf_counter() - start
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]  # exactly one line
-    assert result.stderr.startswith(message), result.stderr
+    result = run_case(case, tmp_path, run_dir)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == case.code, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {case.line}"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()  # no run dir (and so no W&B run) that could pass for a run
-    assert elapsed < 10, elapsed
+
+
+@pytest.mark.parametrize("case", [c for c in CLI_CASES if not c.subprocess and c.code == 2], ids=lambda c: c.command)
+def test_bad_input_message_in_process(tmp_path: Path, case: Case) -> None:
+    skip_gpu_case_on_a_gpu_machine(case)
+    line = in_process_line(case, tmp_path)
+    assert line.startswith(case.line) and "\n" not in line, line
+    assert not (tmp_path / "run").exists()
 
 
 # --- Bad values caught by validation or a constructor, before anything heavy --------------------------------------
@@ -76,7 +143,7 @@ BAD_VALUES = [
     ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1), got 0"),
     ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1), got 1.5"),
     ("data.batch_size=1", "data.batch_size must be an integer >= 2 (a contrastive loss needs negatives), got 1"),
-    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, got 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, or -1 for no epoch limit, got 0"),
     ("trainer.max_epochs=1.5", "trainer.max_epochs must be an integer, got 1.5"),
     ("logger.mode=onlin", "logger.mode must be one of offline, online, disabled, got 'onlin'"),
     ("optimizer.lr=fast", "optimizer.lr must be"),
@@ -95,6 +162,15 @@ def test_bad_value_raises_config_error_before_any_run_dir(make_cfg, tmp_path: Pa
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_max_epochs_minus_one_means_no_epoch_limit(make_cfg) -> None:
+    """Lightning's -1 is accepted: the run ends at max_steps (6 steps: 1.5 epochs of 4 batches)."""
+    cfg = make_cfg(*TINY, "trainer.max_epochs=-1", "+trainer.max_steps=6", "plots=none")
+    assert 0.0 <= train(cfg)["val/R@1"] <= 1.0
+    assert torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=-1 gives the run no end.*\+trainer.max_steps"):
+        train(make_cfg(*TINY, "trainer.max_epochs=-1", "scheduler=cosine"))
 
 
 def _options_with_key(group: str, *keys: str) -> list[str]:
@@ -177,6 +253,12 @@ def test_wandb_online_with_unreachable_server_falls_back_to_offline(monkeypatch)
     assert wandb_mode("disabled") == "disabled"
 
 
+NAN_LINE = (
+    "error: training loss is nan at step 0 (epoch 0, batch 0); stopped before the update. "
+    "Lower optimizer.lr or check loss.temperature"
+)
+
+
 def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path) -> None:
     """One subprocess for two CLI behaviours: `logger.mode=online` with no API key and an empty HOME logs offline
     with a warning; a NaN loss (temperature so small that 1/tau overflows) stops at step 0, one line, exit 1,
@@ -188,10 +270,7 @@ def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline instead" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: training loss is nan at step 0 (epoch 0, batch 0); stopped before the update. "
-        "Lower optimizer.lr or check loss.temperature"
-    )
+    assert result.stderr.strip().splitlines()[-1] == NAN_LINE
     assert "Traceback" not in result.stderr
     (run,) = wandb_runs(run_dir)
     assert run["state"] == "failed"
@@ -310,3 +389,133 @@ def test_checkpoints_are_written_at_most_every_n_seconds_and_at_the_end(
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 3
     assert torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] == best_epoch
+
+
+# --- Signals: SIGINT/SIGTERM fail the run with 130/143; a scheduler's pre-timeout signal checkpoints and stops ----
+
+# A shell starts background jobs with SIGINT ignored, and a child inherits that: this launcher gives train.py the
+# default disposition back, as an interactive terminal would, so that the test sends the Ctrl-C a user sends.
+DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def start_train(run_dir: Path, *args: str, cwd: Path) -> subprocess.Popen:
+    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    command = [sys.executable, "-c", DEFAULT_SIGINT, str(REPO / "train.py"), *QUIET, *args, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_after_epoch(proc: subprocess.Popen, run_dir: Path, signum: int, epoch: int = 0) -> None:
+    """Send `signum` once last.ckpt holds `epoch` (the run is in the middle of training)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= epoch:
+            proc.send_signal(signum)
+            return
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"the run ended (or hung) before epoch {epoch}: {proc.communicate()[1][-3000:]}")
+
+
+SIGNAL_CASES = [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
+
+
+@pytest.mark.parametrize(("signum", "code"), SIGNAL_CASES, ids=["SIGTERM", "SIGINT"])
+def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, code: int) -> None:
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *TINY, "trainer.max_epochs=500", "checkpoint_every_s=0", "plots=none", cwd=tmp_path)
+    signal_after_epoch(proc, run_dir, signum)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr[-3000:]
+    name = signal.Signals(signum).name
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: {name} ended the run (marked failed); to continue from its last checkpoint: ckpt_path={run_dir}"
+    )
+    assert "Traceback" not in stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result == {"status": "failed", "error": f"Interrupted: stopped by {name}"}
+    (run,) = wandb_runs(run_dir)
+    assert run["state"] == "failed"
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "0").symlink_to(run_dir)  # as job 0 of a sweep, it is collected as failed
+    (job,) = sweeps.collect(tmp_path / "sweep")
+    assert job.status == "failed" and job.error == f"Interrupted: stopped by {name}"
+
+
+@pytest.mark.slow
+def test_preempted_run_checkpoints_stops_and_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path) -> None:
+    """SIGUSR1 (SLURM's pre-timeout signal; submitit sends SIGUSR2, handled alike): the run finishes its epoch,
+    saves last.ckpt, marks itself preempted and stops. The same command again (what a requeued job runs) resumes
+    it into the same W&B run and ends where an uninterrupted run ends."""
+    epochs = 6
+    args = [*TINY, f"trainer.max_epochs={epochs}", "checkpoint_every_s=1000", "plots=none"]  # last.ckpt: 1st epoch
+    run_dir = tmp_path / "run"
+    proc = start_train(run_dir, *args, cwd=tmp_path)
+    signal_after_epoch(proc, run_dir, signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "preempted" and result["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    assert stderr.strip().splitlines()[-1].startswith("stopped: SIGUSR1 (the scheduler's time limit is ne")
+    assert f"after epoch {stopped_at}:" in stderr and stopped_at < epochs - 1
+    (first,) = (p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*"))
+
+    again = start_train(run_dir, *args, cwd=tmp_path)  # the requeued job: same command, same run dir
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr[-3000:]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+    uninterrupted = train(make_cfg(*args, f"run_dir={tmp_path / 'uninterrupted'}"))
+    ours = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ref = torch.load(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ours["epoch"] == ref["epoch"] == epochs - 1
+    for name, value in ref["state_dict"].items():
+        assert torch.equal(ours["state_dict"][name], value), name
+    runs = wandb_runs(run_dir)  # offline, a resumed run is a second offline-run-* dir with the same run id
+    assert [r["run_id"] for r in runs] == [first, first]
+    assert runs[-1]["state"] == "finished" and runs[-1]["summary"]["epoch"] == epochs - 1
+    for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss"):
+        assert runs[-1]["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
+
+
+# --- docs/errors.md: the table of what each mistake prints is generated from the cases above --------------------
+
+ERRORS_DOC = REPO / "docs" / "errors.md"
+MARKERS = ("<!-- errors-table:start -->", "<!-- errors-table:end -->")
+RUN_STOPPED_ROWS = [  # from the NaN, signal and preemption tests above
+    ("`python train.py loss.temperature=1e-40` (the loss turns NaN)", 1, NAN_LINE.split(" (")[0]),
+    *(
+        (f"{signal.Signals(s).name} during training ({'Ctrl-C' if s == signal.SIGINT else 'kill, a scheduler'})", c,
+         f"stopped: {signal.Signals(s).name} ended the run (marked failed); to continue from its last checkpoint: ")
+        for s, c in SIGNAL_CASES
+    ),
+    ("SIGUSR1 / SIGUSR2 during training (SLURM's / submitit's time-limit warning)", "138 / 140",
+     "stopped: SIGUSR1 (the scheduler's time limit is near) after epoch "),
+]  # fmt: skip
+
+
+def errors_table() -> str:
+    """The Markdown table between the markers in docs/errors.md."""
+    rows = ["| you type | exit code | the one line on stderr starts with |", "|---|---|---|"]
+    rows += [f"| `python {c.command}` | {c.code} | `error: {c.line}` |" for c in CLI_CASES]
+    rows += [f"| {what} | {code} | `{line}` |" for what, code, line in RUN_STOPPED_ROWS]
+    return "\n".join(rows)
+
+
+def test_errors_doc_lists_the_tested_cases() -> None:
+    text = ERRORS_DOC.read_text()
+    start, end = (text.index(m) for m in MARKERS)
+    assert text[start + len(MARKERS[0]) : end].strip() == errors_table(), (
+        "docs/errors.md is out of date: regenerate it with `python -m tests.test_reliability`"
+    )
+
+
+if __name__ == "__main__":  # regenerate the table in docs/errors.md
+    text = ERRORS_DOC.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    ERRORS_DOC.write_text(f"{text[:start]}\n{errors_table()}\n{text[end:]}")
+    print(f"wrote {ERRORS_DOC}")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nanovlm import sweeps
+from nanovlm.config import ConfigError
 from tests.conftest import run_cli
 from tests.test_train import inspect_wandb_run
 
@@ -98,7 +99,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_unknown_sweep_names_the_available_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown sweep 'nope'; available: .*temperature_dim"):
+    with pytest.raises(ConfigError, match=r"unknown sweep sweep=nope; available: .*temperature_dim"):
         sweeps.load_spec("nope")
 
 
@@ -138,3 +139,17 @@ def test_optuna_sweep_runs_its_trials(tmp_path: Path) -> None:
     assert [j.status for j in jobs] == ["ok", "ok"]
     temperatures = [float(j.overrides["loss.temperature"]) for j in jobs]
     assert all(0.05 <= t <= 0.2 for t in temperatures) and temperatures[0] != temperatures[1]
+
+
+def test_the_summary_run_uses_the_jobs_wandb_settings(tmp_path: Path) -> None:
+    """The sweep-summary W&B run goes to the project and mode the jobs logged with, none when they had no logger."""
+
+    def job(num: int, logger: dict | None) -> sweeps.Job:
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        config = {"seed": 0, **({"logger": logger} if logger is not None else {})}
+        (tmp_path / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        return sweeps.Job(num, tmp_path / str(num), {}, "ok", {})
+
+    logged = job(0, {"project": "elsewhere", "mode": "${oc.env:NANOVLM_TEST_MODE,disabled}", "name": None})
+    assert sweeps.jobs_logger([logged]) == {"project": "elsewhere", "mode": "disabled", "name": None}
+    assert sweeps.jobs_logger([job(1, None)]) is None
