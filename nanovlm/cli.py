@@ -2,7 +2,7 @@
 code 2, a run stopped on purpose (a NaN loss) is one line and exit 1, a signal ends the run with 128 + its number
 (130 for Ctrl-C, 143 for SIGTERM) — never a stack trace for any of these.
 
-No torch or Lightning is imported here: a typo must cost Hydra's ~0.7 s, not the seconds of importing them.
+No torch or Lightning is imported here: a typo must cost Hydra's start-up, not the seconds of importing them.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Preemption(L.Callback):
     """On a pre-timeout signal, finish the current epoch, save `last_ckpt` there and stop.
 
     An epoch boundary, not the middle of one, because that is where a resumed run continues exactly (see
-    checkpoints.ResumableRun); an epoch here lasts well under a second, against SLURM's 90-120 s of warning.
+    checkpoints.ResumableRun); an epoch here is short against the warning time SLURM gives (--signal=USR1@<seconds>).
     The handler itself only records the signal: whatever the main thread was doing finishes undisturbed.
     """
 

@@ -122,7 +122,7 @@ def check_schedule_length(cfg: DictConfig) -> None:
 def check_trainer(cfg: DictConfig) -> None:
     """Build the configured Trainer once, silently, and throw it away: what Lightning refuses (an unknown
     accelerator, strategy or precision, a bad device list) becomes a ConfigError naming the key now, not a
-    traceback after the W&B run started. Costs ~30 ms; it starts no process (launchers start in `fit`)."""
+    traceback after the W&B run started. It is cheap and starts no process (launchers start in `fit`)."""
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." is for the real one
     level = quiet.level
     quiet.setLevel(logging.WARNING)
