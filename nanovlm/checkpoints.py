@@ -99,6 +99,7 @@ class _EpochEndCheckpoint(Checkpoint):
 
     save_top_k = 1
     save_weights_only = False
+    best_model_path = ""  # WandbLogger compares every file it uploads with this one (the "best" alias)
 
     def __init__(self, dirpath: Path, filename: str, every_s: float) -> None:
         if every_s < 0:
@@ -136,7 +137,10 @@ class LastCheckpoint(_EpochEndCheckpoint):
         # One decision for all ranks (the clocks differ): rank 0's.
         if trainer.strategy.broadcast(_is_last_epoch(trainer) or self.due()):
             self.save(trainer)
-            self.last_model_path = str(self.path)
+
+    def written(self, trainer: L.Trainer) -> None:
+        self.last_model_path = str(self.path)
+        super().written(trainer)
 
 
 def _is_last_epoch(trainer: L.Trainer) -> bool:

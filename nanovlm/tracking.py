@@ -80,7 +80,14 @@ def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> A
         "settings": wandb.Settings(quiet=True),
     }
     run = start_run(init) if rank_zero_only.rank == 0 else None  # other ranks log nothing (Lightning's rule too)
-    return WandbLogger(experiment=run, project=init["project"], name=init["name"], save_dir=str(run_dir), id=run_id)
+    return WandbLogger(
+        experiment=run,
+        project=init["project"],
+        name=init["name"],
+        save_dir=str(run_dir),
+        id=run_id,
+        log_model=logger_cfg.get("log_model", False),  # true: best.ckpt and last.ckpt as W&B artifacts at the end
+    )
 
 
 def start_run(init: dict[str, Any], attempts: int = 15) -> Any:

@@ -1,27 +1,13 @@
 """End-to-end: the CLI as a user runs it, and the default config actually learning."""
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from nanovlm.training import train
-from tests.conftest import run_cli
-
-
-def inspect_wandb_run(run_dir: Path) -> dict:
-    """Read an offline W&B run back the way a user would: `wandb leet inspect --summary --json`."""
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(wandb_run)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
+from tests.conftest import inspect_wandb_run, run_cli
 
 
 def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> None:
