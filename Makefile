@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# The edit-test loop: unit tests only, no test marked slow (learning runs, scripts in subprocesses).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,18 +18,17 @@ Three things make `ckpt_path=<last.ckpt>` exact:
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from nanovlm.config import ConfigError
 
@@ -44,44 +43,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to `<path>.tmp` in the same directory, fsync, then os.replace: the file at `path` is always
     either the previous complete checkpoint or the new complete one.
 
-    With `storage_options=DEFER` the checkpoint is serialised into memory instead (the state it holds is the
-    state at that moment: training goes on changing the live tensors), replacing any earlier deferred one for
-    the same path; `flush(path)` writes it. That is how `BestCheckpoint` keeps an improvement without paying for
-    a disk write: Lightning hands a checkpoint's dict only to the CheckpointIO plugin, and `storage_options` is
-    its documented way to pass a plugin an instruction.
+    With `storage_options=DEFER` the checkpoint is kept in memory instead, its tensors copied (training goes on
+    changing the live ones), replacing any earlier deferred one for the same path; `flush(path)` writes it. That
+    is how `BestCheckpoint` keeps an improvement without paying for a disk write: Lightning hands a checkpoint's
+    dict only to the CheckpointIO plugin, and `storage_options` is its documented way to pass the plugin an
+    instruction. Copying the tensors costs less than serialising them (docs/checkpoints.md).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._deferred: dict[str, bytes] = {}
+        self._deferred: dict[str, dict[str, Any]] = {}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage: keep Lightning's fsspec transaction
             return super().save_checkpoint(checkpoint, path, None)
         if storage_options == DEFER:
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            self._deferred[str(path)] = buffer.getvalue()
+            self._deferred[str(path)] = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
             return None
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO: storage_options must be None or {DEFER!r}, got {storage_options!r}")
         self._deferred.pop(str(path), None)  # an older deferred checkpoint must not overwrite this one later
-        return _write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
+        return _write_atomically(checkpoint, Path(path))
 
     def flush(self, path: Any) -> bool:
         """Write the checkpoint deferred for `path`, if there is one; True when a file was written."""
-        data = self._deferred.pop(str(path), None)
-        if data is None:
+        checkpoint = self._deferred.pop(str(path), None)
+        if checkpoint is None:
             return False
-        _write_atomically(Path(path), lambda f: f.write(data))
+        _write_atomically(checkpoint, Path(path))
         return True
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def _write_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        write(f)
+        torch.save(checkpoint, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

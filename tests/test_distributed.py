@@ -116,6 +116,7 @@ def test_two_processes_match_one_process_with_the_doubled_batch(loss_name: str) 
             torch.testing.assert_close(got[key], value, msg=lambda m, k=key: f"{loss_name} {k}: {m}")
 
 
+@pytest.mark.slow
 def test_ddp_in_a_multirun_is_refused_with_the_alternatives(tmp_path) -> None:
     result = run_cli(
         "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp", "trainer.max_epochs=1", "logger=none",

@@ -10,6 +10,7 @@ from nanovlm.training import train
 from tests.conftest import inspect_wandb_run, run_cli
 
 
+@pytest.mark.slow
 def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
@@ -33,6 +34,7 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> N
     assert summary["train/temperature"] == pytest.approx(0.05, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_default_config_learns_to_high_recall(make_cfg) -> None:
     """The shipped defaults (cnn / mean / clip) retrieve unseen pairs from the full 243 gallery."""
     cfg = make_cfg()
