@@ -96,7 +96,7 @@ class _EpochEndCheckpoint(Checkpoint):
 
     save_top_k = 1
     save_weights_only = False
-    best_model_path = ""  # WandbLogger compares every file it uploads with this one (the "best" alias)
+    best_model_path = ""  # best.ckpt once on disk; WandbLogger reads it from every checkpoint callback
 
     def __init__(self, dirpath: Path, filename: str, every_s: float) -> None:
         if every_s < 0:
@@ -122,9 +122,9 @@ class _EpochEndCheckpoint(Checkpoint):
 
 class LastCheckpoint(_EpochEndCheckpoint):
     """`last.ckpt` at the end of an epoch, at most every `every_s` seconds, and always at the run's last epoch
-    (max_epochs or max_steps reached, or a callback stopping it). Writing it every epoch was the largest
-    framework cost of an epoch on the default model (docs/checkpoints.md); a kill loses at most `every_s` of
-    training. `every_s=0` writes every epoch."""
+    (max_epochs or max_steps reached, or a callback stopping it): an epoch of the default model is far shorter
+    than a checkpoint is worth writing for, and a kill loses at most `every_s` of training. `every_s=0` writes
+    every epoch."""
 
     def __init__(self, dirpath: Path, every_s: float) -> None:
         super().__init__(dirpath, "last", every_s)
@@ -152,7 +152,7 @@ def _is_last_epoch(trainer: L.Trainer) -> bool:
 
 class BestCheckpoint(_EpochEndCheckpoint):
     """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so an
-    improvement is kept in memory (serialised by `AtomicCheckpointIO`, no disk write) and written once `every_s`
+    improvement is kept in memory (copied by `AtomicCheckpointIO`, no disk write) and written once `every_s`
     seconds have passed since the last write, at the end of training, and when training fails. `every_s=0` writes
     each one at once."""
 
@@ -162,7 +162,6 @@ class BestCheckpoint(_EpochEndCheckpoint):
         super().__init__(dirpath, "best", every_s)
         self.monitor = monitor
         self.best_model_score: torch.Tensor | None = None
-        self.best_model_path = ""  # set once best.ckpt is on disk
         self.defer = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -12,6 +12,10 @@ Each line below was printed by a default `python train.py` and is stopped where 
 - a model summary ending in `Total FLOPs: 0`: Lightning counts FLOPs only for a module with an
   `example_input_array`, and shows the column anyway. `nanovlm.callbacks.ParamSummary` prints the table without
   it.
+Elsewhere, at their own causes: W&B's "The anonymous setting has no effect" (Lightning's WandbLogger passes that
+setting; `tracking.build_logger` starts the W&B run itself), W&B's end-of-run history block (`quiet`: train()
+prints the final numbers and where the run is), and Lightning's "`weights_only` was not set" on every save (the
+checkpoint callbacks set it).
 
 Nothing here imports torch or Lightning: Hydra imports this module to configure logging before the job starts.
 """
