@@ -44,11 +44,11 @@ def user_env() -> dict[str, str]:
 
 
 def run_cli(
-    script: str, *args: str, cwd: Path, timeout: float = 120, wandb_silent: bool = True
+    script: str, *args: str, cwd: Path, timeout: float = 120, wandb_silent: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run a top-level script of the repo as a user would, from `cwd`, W&B offline (and silent unless a test
-    is about what the console shows)."""
-    env = {**user_env(), "WANDB_MODE": "offline", **({"WANDB_SILENT": "true"} if wandb_silent else {})}
+    is about what the console shows); `env` adds to the environment."""
+    env = {**user_env(), "WANDB_MODE": "offline", **({"WANDB_SILENT": "true"} if wandb_silent else {}), **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,
@@ -59,13 +59,20 @@ def run_cli(
     )
 
 
+def _wandb_inspect(run_dir: Path, *options: str) -> str:
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    command = [str(wandb_cli), "leet", "inspect", *options, "--json", str(wandb_run)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 def inspect_wandb_run(run_dir: Path) -> dict:
     """Read the one offline W&B run under `run_dir` back the way a user would:
     `wandb leet inspect --summary --json` (config, summary, state, run_id, name, project)."""
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(wandb_run)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
+    return json.loads(_wandb_inspect(run_dir, "--summary"))
+
+
+def wandb_records(run_dir: Path, record_type: str) -> list[dict]:
+    """The records of one type ("run", "artifact", ...) in the offline W&B run's transaction log."""
+    records = [json.loads(line) for line in _wandb_inspect(run_dir).splitlines() if line.startswith("{")]
+    return [r[record_type] for r in records if r.get("type") == record_type]

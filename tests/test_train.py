@@ -1,5 +1,6 @@
 """End-to-end: the CLI as a user runs it, and the default config actually learning."""
 
+import json
 import math
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from nanovlm.training import train
-from tests.conftest import inspect_wandb_run, run_cli
+from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
 
 @pytest.mark.slow
@@ -15,7 +16,8 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> N
     run_dir = tmp_path / "run"
     result = run_cli(
         "train.py", "encoder=cnn", "loss=clip", "trainer.max_epochs=3", "model.embed_dim=16",
-        "loss.temperature=0.05", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "loss.temperature=0.05", "logger.log_model=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        env={"WANDB_DATA_DIR": str(tmp_path / "wandb-data")}, timeout=300,  # W&B stages artifacts there, not in ~
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final val R@1" in result.stdout
@@ -32,6 +34,13 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> N
     assert "val/i2t_R@1" in summary and "val/t2i_R@1" in summary
     assert 0 <= summary["val/t2i_R@1"] <= 1
     assert summary["train/temperature"] == pytest.approx(0.05, rel=1e-5)
+    # logger.log_model: both checkpoints became model artifacts of the run, best.ckpt with the "best" alias.
+    artifacts = {json.loads(a["metadata"])["original_filename"]: a for a in wandb_records(run_dir, "artifact")}
+    assert set(artifacts) == {"best.ckpt", "last.ckpt"}
+    assert "best" in artifacts["best.ckpt"]["aliases"] and "best" not in artifacts["last.ckpt"]["aliases"]
+    for name, artifact in artifacts.items():
+        (entry,) = artifact["manifest"]["contents"]
+        assert int(entry["size"]) == (run_dir / "checkpoints" / name).stat().st_size
 
 
 @pytest.mark.slow
