@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 MIN_BIN := $(VENV_MIN)/bin
 ARGS ?=
 
-.PHONY: install install-min train test test-min lint lint-min clean
+.PHONY: install install-min train test test-fast test-min lint lint-min clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# The edit-test loop: unit tests only, no test marked slow (learning runs, scripts in subprocesses).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 test-min: install-min
 	$(MIN_BIN)/python -m pytest $(ARGS)

@@ -10,6 +10,10 @@ Three things make `ckpt_path=<last.ckpt>` exact:
 - `ResumableRun` also stores the W&B run id and the resolved config in the checkpoint: the resumed run logs to
   the same W&B run, a checkpoint of another model is refused with a message instead of a shape error, and
   `nanovlm.evaluate` rebuilds the right encoders from the checkpoint alone.
+
+`LastCheckpoint` and `BestCheckpoint` decide *when* to save and go through Lightning's public API only:
+`trainer.save_checkpoint` from the `on_train_epoch_end` hook, then `logger.after_save_checkpoint` so that loggers
+(W&B's `log_model`) hear of every file. docs/checkpoints.md has the design.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
@@ -31,78 +35,172 @@ from nanovlm.config import ConfigError
 # Config sections that decide the model's parameters: a checkpoint only fits a model built from the same ones.
 MODEL_SECTIONS = ("model", "encoder", "text_encoder", "loss")
 CHECKPOINT_KEY = "nanovlm"
+# `trainer.save_checkpoint(path, storage_options=DEFER)`: keep the checkpoint in memory, write it on `flush(path)`.
+DEFER = "defer"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to `<path>.tmp` in the same directory, fsync, then os.replace: the file at `path` is always
-    either the previous complete checkpoint or the new complete one."""
+    either the previous complete checkpoint or the new complete one.
+
+    With `storage_options=DEFER` the checkpoint is kept in memory instead, its tensors copied (training goes on
+    changing the live ones), replacing any earlier deferred one for the same path; `flush(path)` writes it. That
+    is how `BestCheckpoint` keeps an improvement without paying for a disk write: Lightning hands a checkpoint's
+    dict only to the CheckpointIO plugin, and `storage_options` is its documented way to pass the plugin an
+    instruction. Copying the tensors costs less than serialising them (docs/checkpoints.md).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deferred: dict[str, dict[str, Any]] = {}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage: keep Lightning's fsspec transaction
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            return super().save_checkpoint(checkpoint, path, None)
+        if storage_options == DEFER:
+            self._deferred[str(path)] = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+            return None
+        if storage_options is not None:
+            raise TypeError(f"AtomicCheckpointIO: storage_options must be None or {DEFER!r}, got {storage_options!r}")
+        self._deferred.pop(str(path), None)  # an older deferred checkpoint must not overwrite this one later
+        return _write_atomically(checkpoint, Path(path))
+
+    def flush(self, path: Any) -> bool:
+        """Write the checkpoint deferred for `path`, if there is one; True when a file was written."""
+        checkpoint = self._deferred.pop(str(path), None)
+        if checkpoint is None:
+            return False
+        _write_atomically(checkpoint, Path(path))
+        return True
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """`last.ckpt` at the end of an epoch, at most every `every_s` seconds, and always at the run's last
-    epoch (max_epochs reached or a callback stopping it). Written every epoch, it would be the largest framework cost
-    (docs/performance.md). A kill loses at most `every_s` of training.
-    `every_s=0` writes every epoch. (Lightning's `save_last` only fires on improving epochs.)"""
+def _write_atomically(checkpoint: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    def __init__(self, dirpath: Path, every_s: float) -> None:
+
+class _EpochEndCheckpoint(Checkpoint):
+    """Shared by the two checkpoint callbacks: where the file goes, how it is written, who is told.
+
+    Subclassing `Checkpoint` (not `ModelCheckpoint`) tells the Trainer that checkpointing is taken care of (no
+    default ModelCheckpoint is added) and runs `on_train_epoch_end` after the LightningModule's own hook and after
+    the other callbacks', so `trainer.should_stop` and this epoch's validation metrics are final by then.
+    The attributes below are the ones Lightning's loggers read from a checkpoint callback in
+    `after_save_checkpoint` (WandbLogger's `log_model` uploads the files they name).
+    """
+
+    save_top_k = 1
+    save_weights_only = False
+    best_model_path = ""  # best.ckpt once on disk; WandbLogger reads it from every checkpoint callback
+
+    def __init__(self, dirpath: Path, filename: str, every_s: float) -> None:
         if every_s < 0:
             raise ValueError(f"checkpoint_every_s must be >= 0, got {every_s}")
-        super().__init__(dirpath=dirpath, filename="last", monitor=None)
-        self.every_s, self._saved_at = every_s, -math.inf
+        self.dirpath, self.every_s = Path(dirpath), every_s
+        self.path = self.dirpath / f"{filename}.ckpt"
+        self.written_at = -math.inf  # time.monotonic() of the last write to disk
 
-    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        if super()._should_skip_saving_checkpoint(trainer):
-            return True
-        final = trainer.should_stop or trainer.max_epochs is None or trainer.current_epoch + 1 >= trainer.max_epochs
-        due = time.monotonic() - self._saved_at >= self.every_s
-        return not trainer.strategy.broadcast(final or due)  # one decision for all ranks: saving has a barrier
+    def due(self) -> bool:
+        return time.monotonic() - self.written_at >= self.every_s
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        self._saved_at = time.monotonic()
+    def save(self, trainer: L.Trainer, defer: bool = False) -> None:
+        """Every rank must call this (trainer.save_checkpoint ends in a barrier); rank 0 writes."""
+        trainer.save_checkpoint(self.path, weights_only=False, storage_options=DEFER if defer else None)
+        if not defer:
+            self.written(trainer)
+
+    def written(self, trainer: L.Trainer) -> None:
+        self.written_at = time.monotonic()
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
 
 
-class BestCheckpoint(ModelCheckpoint):
-    """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so
-    an improvement is first kept in memory (a cheap copy of the checkpoint) and written at most every
-    `every_s` seconds, at the end of training, and when training fails. `every_s=0` writes each one at once."""
+class LastCheckpoint(_EpochEndCheckpoint):
+    """`last.ckpt` at the end of an epoch, at most every `every_s` seconds, and always at the run's last epoch
+    (max_epochs or max_steps reached, or a callback stopping it): an epoch of the default model is far shorter
+    than a checkpoint is worth writing for, and a kill loses at most `every_s` of training. `every_s=0` writes
+    every epoch."""
+
+    def __init__(self, dirpath: Path, every_s: float) -> None:
+        super().__init__(dirpath, "last", every_s)
+        self.last_model_path, self.current_score = "", None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # One decision for all ranks (the clocks differ): rank 0's.
+        if trainer.strategy.broadcast(_is_last_epoch(trainer) or self.due()):
+            self.save(trainer)
+
+    def written(self, trainer: L.Trainer) -> None:
+        self.last_model_path = str(self.path)
+        super().written(trainer)
+
+
+def _is_last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the fit ends after this epoch. Limits of -1 or None mean none."""
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    return (
+        trainer.should_stop
+        or (max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs)
+        or (max_steps is not None and max_steps >= 0 and trainer.global_step >= max_steps)
+    )
+
+
+class BestCheckpoint(_EpochEndCheckpoint):
+    """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so an
+    improvement is kept in memory (copied by `AtomicCheckpointIO`, no disk write) and written once `every_s`
+    seconds have passed since the last write, at the end of training, and when training fails. `every_s=0` writes
+    each one at once."""
+
+    mode = "max"
 
     def __init__(self, dirpath: Path, monitor: str, every_s: float) -> None:
-        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode="max")
-        self.every_s, self._written_at = every_s, -math.inf
-        self._pending: tuple[dict[str, Any], str] | None = None
+        super().__init__(dirpath, "best", every_s)
+        self.monitor = monitor
+        self.best_model_score: torch.Tensor | None = None
+        self.defer = True
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        self._pending = (apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone()), filepath)
-        self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
-        if time.monotonic() - self._written_at >= self.every_s:
-            self._write(trainer)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.defer = isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # else: write at once
 
-    def _write(self, trainer: L.Trainer) -> None:
-        if self._pending is not None:
-            trainer.strategy.save_checkpoint(*self._pending)  # rank 0 writes; no barrier, so no rank waits
-            self._pending, self._written_at = None, time.monotonic()
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        score = trainer.callback_metrics.get(self.monitor)
+        improved = score is not None and (self.best_model_score is None or bool(score > self.best_model_score))
+        # One decision for all ranks (the metric is synced, the clocks are not): rank 0's.
+        improved, due = trainer.strategy.broadcast((improved, self.due()))
+        if improved:
+            self.best_model_score = score.detach().clone()
+            self.save(trainer, defer=self.defer and not due)
+        elif due:
+            self.flush(trainer)  # an improvement kept since the last write: on disk now, not only at the end
+
+    def flush(self, trainer: L.Trainer) -> None:
+        """Write a kept improvement (rank 0 holds it; no barrier, so no rank waits for another)."""
+        if self.defer and trainer.is_global_zero and trainer.strategy.checkpoint_io.flush(self.path):
+            self.written(trainer)
+
+    def written(self, trainer: L.Trainer) -> None:
+        self.best_model_path = str(self.path)
+        super().written(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        self._write(trainer)
+        self.flush(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        super().on_exception(trainer, pl_module, exception)
-        self._write(trainer)
+        self.flush(trainer)
+
+    # A run resumed into the same directory keeps comparing against the best score already on disk there; one
+    # resumed into a new run dir (the default) starts that dir's best.ckpt afresh.
+    def state_dict(self) -> dict[str, Any]:
+        return {"dirpath": str(self.dirpath), "best_model_score": self.best_model_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath") == str(self.dirpath):
+            self.best_model_score = state_dict.get("best_model_score")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -44,46 +44,70 @@ def run_group(cfg: DictConfig) -> str | None:
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> Any:
-    """A WandbLogger writing into the run dir, offline by default; False when `logger=none`.
+    """A WandbLogger writing into the run dir, offline by default, its run already started; False when
+    `logger=none`.
 
-    `run_id` (from a resumed checkpoint) makes W&B continue that run instead of starting a new one.
+    `run_id` (from a resumed checkpoint) makes W&B continue that run instead of starting a new one. The run is
+    started here rather than left to the logger: Lightning's WandbLogger passes W&B a deprecated `anonymous`
+    setting, which W&B answers with a warning on every run.
     """
     if not cfg.get("logger"):
         return False
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger_cfg = config["logger"]
     logger_cfg.update(name=run_name(cfg), group=run_group(cfg))  # the logged config shows what was used
+    init = {
+        "project": logger_cfg["project"],
+        "name": logger_cfg["name"],
+        "group": logger_cfg["group"],
+        "tags": logger_cfg.get("tags") or None,
+        "mode": wandb_mode(logger_cfg["mode"]),
+        "dir": str(run_dir),
+        "config": config,
+        "id": run_id,
+        "resume": "allow",
+        # No history/summary block at the end: train() prints the final numbers and where the run is.
+        "settings": wandb.Settings(quiet=True),
+    }
+    run = start_run(init) if rank_zero_only.rank == 0 else None  # other ranks log nothing (Lightning's rule too)
     return WandbLogger(
-        project=logger_cfg["project"],
-        name=logger_cfg["name"],
-        group=logger_cfg["group"],
-        tags=logger_cfg.get("tags") or None,
-        mode=wandb_mode(logger_cfg["mode"]),
+        experiment=run,
+        project=init["project"],
+        name=init["name"],
         save_dir=str(run_dir),
-        config=config,
         id=run_id,
-        resume="allow",
+        log_model=logger_cfg.get("log_model", False),  # true: best.ckpt and last.ckpt as W&B artifacts at the end
     )
 
 
-def start_run(logger: Any, attempts: int = 15) -> str | None:
-    """Start the W&B run now (not at the first log call) and return its id.
+def start_run(init: dict[str, Any], attempts: int = 15) -> Any:
+    """wandb.init(**init), with the metrics' x-axis set to the trainer's step as WandbLogger would set it.
 
     Resuming right after a crash can find the run id still held by the killed process's W&B service
     ("run ID ... is in use") until that service notices its parent is gone; wait for it, briefly.
     """
-    if not logger:
-        return None
+    import wandb
+
     for attempt in range(attempts):
         try:
-            return logger.experiment.id
+            run = wandb.init(**init)
+            break
         except Exception as error:  # wandb's ServerResponseError; its module path is private
             if "is in use" not in str(error) or attempt == attempts - 1:
                 raise
             time.sleep(1.0)
-    return None
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
+
+
+def run_id(logger: Any) -> str | None:
+    """The W&B run id (None without a logger, and on ranks other than 0)."""
+    return logger.version if logger else None
 
 
 def finish(logger: Any, exit_code: int, preempting: bool = False) -> None:
@@ -98,8 +122,13 @@ def finish(logger: Any, exit_code: int, preempting: bool = False) -> None:
 
 
 def wandb_run_dir(run_dir: Path) -> str:
+    """Where the W&B run's files are, and for an offline run the command that uploads it."""
     runs = sorted((run_dir / "wandb").glob("*run-*"))
-    return str(runs[-1]) if runs else "(none)"
+    if not runs:
+        return "(none)"
+    if runs[-1].name.startswith("offline-run-"):
+        return f"{runs[-1]}  (offline; upload: wandb sync {runs[-1]})"
+    return str(runs[-1])
 
 
 # --- W&B online without a key or a network: fall back to offline, never hang ------------------------------------

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nanovlm import checkpoints, preflight, tracking
-from nanovlm.callbacks import StopAtRecall
+from nanovlm import checkpoints, console, preflight, tracking
+from nanovlm.callbacks import ParamSummary, StopAtRecall
 from nanovlm.cli import write_result
 from nanovlm.config import ConfigError, hydra_runtime, validate
 from nanovlm.data import VOCAB, ShapesDataModule
@@ -130,16 +130,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
     model, datamodule, resume_from = build(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    console.quiet_libraries()
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
     try:
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
-        run_id = tracking.start_run(logger)
         every_s = cfg.get("checkpoint_every_s", 0)
         callbacks = [
             checkpoints.BestCheckpoint(run_dir / "checkpoints", "val/R@1", every_s=every_s),
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
-            checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), run_id),
+            checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger)),
             NonFiniteLossGuard(),
             preemption := Preemption(run_dir / "checkpoints" / "last.ckpt"),
             *build_callbacks(cfg),
@@ -147,12 +147,16 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         ]
         if cfg.get("plots"):
             callbacks.append(instantiate(cfg.plots))
+        # Lightning's own summary would end in `Total FLOPs: 0` (see ParamSummary); ours replaces it.
+        if cfg.trainer.get("enable_model_summary", True):
+            callbacks.append(ParamSummary())
         trainer: L.Trainer = instantiate(
             cfg.trainer,
             logger=logger,
             callbacks=callbacks,
             plugins=[checkpoints.AtomicCheckpointIO()],
             default_root_dir=str(run_dir),
+            enable_model_summary=False,
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)

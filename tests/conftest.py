@@ -1,7 +1,12 @@
-"""Shared fixtures: the composed config, shrunk for tests, with each test in its own run dir."""
+"""Shared fixtures and helpers: the composed config shrunk for tests, each test in its own run dir; running the
+top-level scripts as a user would; reading an offline W&B run back.
+
+Tests marked `slow` train to convergence or run whole scripts in subprocesses; `make test-fast` skips them.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +25,13 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=fals
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose conf/config.yaml with overrides; run_dir is the test's tmp dir, W&B is off."""
+    """Compose conf/config.yaml with overrides; run_dir is the test's tmp dir, W&B is off, and no pictures are
+    drawn unless an override asks for a `plots` option (the tests about pictures)."""
 
     def _make(*overrides: str) -> DictConfig:
+        plots = [] if any(o.startswith("plots=") for o in overrides) else ["plots=none"]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[f"run_dir={tmp_path}", "logger=none", *QUIET, *overrides])
+            return compose("config", overrides=[f"run_dir={tmp_path}", "logger=none", *plots, *QUIET, *overrides])
 
     return _make
 
@@ -36,9 +43,12 @@ def user_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run a top-level script of the repo as a user would, from `cwd`, W&B offline."""
-    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def run_cli(
+    script: str, *args: str, cwd: Path, timeout: float = 120, wandb_silent: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run a top-level script of the repo as a user would, from `cwd`, W&B offline (and silent unless a test
+    is about what the console shows); `env` adds to the environment."""
+    env = {**user_env(), "WANDB_MODE": "offline", **({"WANDB_SILENT": "true"} if wandb_silent else {}), **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,
@@ -47,3 +57,22 @@ def run_cli(script: str, *args: str, cwd: Path, timeout: float = 120) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+def _wandb_inspect(run_dir: Path, *options: str) -> str:
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    command = [str(wandb_cli), "leet", "inspect", *options, "--json", str(wandb_run)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def inspect_wandb_run(run_dir: Path) -> dict:
+    """Read the one offline W&B run under `run_dir` back the way a user would:
+    `wandb leet inspect --summary --json` (config, summary, state, run_id, name, project)."""
+    return json.loads(_wandb_inspect(run_dir, "--summary"))
+
+
+def wandb_records(run_dir: Path, record_type: str) -> list[dict]:
+    """The records of one type ("run", "artifact", ...) in the offline W&B run's transaction log."""
+    records = [json.loads(line) for line in _wandb_inspect(run_dir).splitlines() if line.startswith("{")]
+    return [r[record_type] for r in records if r.get("type") == record_type]

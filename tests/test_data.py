@@ -33,20 +33,22 @@ def _painted(colour: str, shape: str, position: str) -> torch.Tensor:
     return (pixels != torch.tensor(BACKGROUND)).any(-1), pixels
 
 
-@pytest.mark.parametrize(("colour", "shape", "position"), all_triples())
-def test_image_shows_its_caption(colour: str, shape: str, position: str) -> None:
-    mask, pixels = _painted(colour, shape, position)
-    x0, y0, x1, y1 = cell_box(position)
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    # Every painted pixel has the caption's colour (no anti-aliasing blends) ...
-    assert (pixels[mask] == torch.tensor(COLOURS[colour])).all()
-    # ... and lies inside the named cell's box, which keeps a margin from the image border.
-    assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
-    assert x0 >= 1 and y0 >= 1 and x1 <= IMAGE_SIZE - 2 and y1 <= IMAGE_SIZE - 2
-    # The named cell: row from the top, column from the left.
-    row, col = divmod(POSITIONS.index(position), 3)
-    centre_x, centre_y = xs.float().mean().item(), ys.float().mean().item()
-    assert int(centre_x * 3 // IMAGE_SIZE) == col and int(centre_y * 3 // IMAGE_SIZE) == row
+def test_every_image_shows_its_caption() -> None:
+    """All 243 renders, one test: a failure names the first caption whose picture is wrong."""
+    for colour, shape, position in all_triples():
+        caption = f"{colour} {shape} {position}"
+        mask, pixels = _painted(colour, shape, position)
+        x0, y0, x1, y1 = cell_box(position)
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        # Every painted pixel has the caption's colour (no anti-aliasing blends) ...
+        assert (pixels[mask] == torch.tensor(COLOURS[colour])).all(), caption
+        # ... and lies inside the named cell's box, which keeps a margin from the image border.
+        assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1, caption
+        assert x0 >= 1 and y0 >= 1 and x1 <= IMAGE_SIZE - 2 and y1 <= IMAGE_SIZE - 2, caption
+        # The named cell: row from the top, column from the left.
+        row, col = divmod(POSITIONS.index(position), 3)
+        centre_x, centre_y = xs.float().mean().item(), ys.float().mean().item()
+        assert int(centre_x * 3 // IMAGE_SIZE) == col and int(centre_y * 3 // IMAGE_SIZE) == row, caption
 
 
 def test_shapes_have_their_geometry() -> None:

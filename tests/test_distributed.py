@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from nanovlm.config import CONFIG_DIR
 from nanovlm.losses import ClipLoss, SigLipLoss
 from nanovlm.metrics import RetrievalRecall
+from tests.conftest import inspect_wandb_run, run_cli
 
 
 def _free_port() -> int:
@@ -115,9 +116,8 @@ def test_two_processes_match_one_process_with_the_doubled_batch(loss_name: str) 
             torch.testing.assert_close(got[key], value, msg=lambda m, k=key: f"{loss_name} {k}: {m}")
 
 
+@pytest.mark.slow
 def test_ddp_in_a_multirun_is_refused_with_the_alternatives(tmp_path) -> None:
-    from tests.conftest import run_cli
-
     result = run_cli(
         "train.py", "-m", "trainer=ddp_cpu", "trainer.strategy=ddp", "trainer.max_epochs=1", "logger=none",
         f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path,
@@ -129,9 +129,6 @@ def test_ddp_in_a_multirun_is_refused_with_the_alternatives(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_two_job_sweep_with_two_wandb_runs(tmp_path) -> None:
-    from tests.conftest import run_cli
-    from tests.test_train import inspect_wandb_run
-
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
         "train.py", "-m", "hydra/launcher=submitit_local", "loss.temperature=0.05,0.1", "trainer.max_epochs=2",

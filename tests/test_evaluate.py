@@ -136,6 +136,7 @@ def test_bad_inputs_give_a_clear_error_and_exit_code(short_run, tmp_path: Path, 
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_module(short_run, tmp_path: Path) -> None:
     ckpt, _ = short_run
     ok = subprocess.run(

@@ -12,8 +12,7 @@ from nanovlm import plots
 from nanovlm.config import CONFIG_DIR
 from nanovlm.data import all_triples, build_tensors
 from nanovlm.training import train
-from tests.conftest import QUIET
-from tests.test_train import inspect_wandb_run
+from tests.conftest import QUIET, inspect_wandb_run
 
 
 def assert_png(path: Path, min_size: tuple[int, int] = (200, 150)) -> None:

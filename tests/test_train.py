@@ -2,33 +2,22 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from nanovlm.training import train
-from tests.conftest import run_cli
+from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
 
-def inspect_wandb_run(run_dir: Path) -> dict:
-    """Read an offline W&B run back the way a user would: `wandb leet inspect --summary --json`."""
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run(
-        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(wandb_run)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
+@pytest.mark.slow
 def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(
         "train.py", "encoder=cnn", "loss=clip", "trainer.max_epochs=3", "model.embed_dim=16",
-        "loss.temperature=0.05", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "loss.temperature=0.05", "logger.log_model=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        env={"WANDB_DATA_DIR": str(tmp_path / "wandb-data")}, timeout=300,  # W&B stages artifacts there, not in ~
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final val R@1" in result.stdout
@@ -45,8 +34,16 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> N
     assert "val/i2t_R@1" in summary and "val/t2i_R@1" in summary
     assert 0 <= summary["val/t2i_R@1"] <= 1
     assert summary["train/temperature"] == pytest.approx(0.05, rel=1e-5)
+    # logger.log_model: both checkpoints became model artifacts of the run, best.ckpt with the "best" alias.
+    artifacts = {json.loads(a["metadata"])["original_filename"]: a for a in wandb_records(run_dir, "artifact")}
+    assert set(artifacts) == {"best.ckpt", "last.ckpt"}
+    assert "best" in artifacts["best.ckpt"]["aliases"] and "best" not in artifacts["last.ckpt"]["aliases"]
+    for name, artifact in artifacts.items():
+        (entry,) = artifact["manifest"]["contents"]
+        assert int(entry["size"]) == (run_dir / "checkpoints" / name).stat().st_size
 
 
+@pytest.mark.slow
 def test_default_config_learns_to_high_recall(make_cfg) -> None:
     """The shipped defaults (cnn / mean / clip) retrieve unseen pairs from the full 243 gallery."""
     cfg = make_cfg()

@@ -1,0 +1,129 @@
+"""Checkpoint callbacks on Lightning's public API: loggers hear of every file, a deferred best.ckpt is the best
+epoch's state, and two processes decide the same (no rank waits at a barrier the other never reaches).
+
+The cadence, kill/resume and NaN tests are in tests/test_reliability.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import Logger
+
+from nanovlm import checkpoints, tracking
+from nanovlm.data import ShapesDataModule
+from nanovlm.evaluate import load_model, retrieval
+from nanovlm.plots import embed_gallery
+from nanovlm.training import train
+
+TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
+
+
+def test_a_deferred_checkpoint_reaches_disk_only_on_flush_and_never_over_a_newer_one(tmp_path: Path) -> None:
+    io = checkpoints.AtomicCheckpointIO()
+    path = tmp_path / "best.ckpt"
+    weights = torch.ones(3)
+    io.save_checkpoint({"epoch": 1, "w": weights}, path, storage_options=checkpoints.DEFER)
+    weights.add_(1)  # training goes on changing the live tensors
+    assert not path.exists()
+    assert io.flush(path) and torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert not io.flush(path)  # nothing left to write
+
+    io.save_checkpoint({"epoch": 2}, path, storage_options=checkpoints.DEFER)
+    io.save_checkpoint({"epoch": 3}, path)  # written at once: the deferred epoch 2 is now stale
+    assert not io.flush(path) and torch.load(path, weights_only=True)["epoch"] == 3
+    with pytest.raises(TypeError, match="storage_options must be None or 'defer'"):
+        io.save_checkpoint({}, path, storage_options={"bucket": "x"})
+
+
+class SpyLogger(Logger):
+    """Records each `after_save_checkpoint`: which file the callback names and which epoch that file holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[tuple[str, int]] = []
+        self.experiment = SimpleNamespace(summary={})  # train() writes the final metrics into a W&B-like summary
+
+    name, version = "spy", "spy-0"
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        path = Path(checkpoint_callback.best_model_path or checkpoint_callback.last_model_path)
+        self.heard.append((path.name, torch.load(path, weights_only=False)["epoch"]))
+
+
+@pytest.mark.parametrize("every_s", [0, 1e6])
+def test_loggers_hear_of_every_checkpoint_written(make_cfg, monkeypatch, every_s: float) -> None:
+    """Each file put on disk, last.ckpt or best.ckpt, buffered or not, is announced to the loggers once it is
+    there, holding the epoch it was written for: what W&B's `log_model` needs to upload the right files."""
+    written: list[tuple[str, int]] = []
+    save = checkpoints.AtomicCheckpointIO.save_checkpoint
+    flush = checkpoints.AtomicCheckpointIO.flush
+    pending: dict[str, int] = {}
+
+    def save_spy(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options == checkpoints.DEFER:
+            pending[Path(path).name] = checkpoint["epoch"]
+        else:
+            written.append((Path(path).name, checkpoint["epoch"]))
+        save(self, checkpoint, path, storage_options)
+
+    def flush_spy(self, path) -> bool:
+        if flushed := flush(self, path):
+            written.append((Path(path).name, pending.pop(Path(path).name)))
+        return flushed
+
+    spy = SpyLogger()
+    monkeypatch.setattr(checkpoints.AtomicCheckpointIO, "save_checkpoint", save_spy)
+    monkeypatch.setattr(checkpoints.AtomicCheckpointIO, "flush", flush_spy)
+    monkeypatch.setattr(tracking, "build_logger", lambda cfg, run_dir, run_id=None: spy)
+    monkeypatch.setattr(tracking, "finish", lambda logger, exit_code: None)
+    train(make_cfg(*TINY, "trainer.max_epochs=4", f"checkpoint_every_s={every_s}", "optimizer.lr=3e-3"))
+    assert ("last.ckpt", 3) in written and any(name == "best.ckpt" for name, _ in written)
+    assert spy.heard == written
+
+
+class Recorder(pl.Callback):
+    """The monitored value after each validation, to find the best epoch independently of BestCheckpoint."""
+
+    def __init__(self) -> None:
+        self.recalls: list[float] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.recalls.append(float(trainer.callback_metrics["val/R@1"]))
+
+
+def test_a_deferred_best_checkpoint_holds_the_best_epochs_weights(make_cfg) -> None:
+    """With every write deferred to the end, best.ckpt must still be the state of the best epoch (not of the
+    epoch it was written in): the same recall as last.ckpt only if the last epoch was the best."""
+    recorder = Recorder()
+    cfg = make_cfg(*TINY, "trainer.max_epochs=6", "checkpoint_every_s=1e6", "optimizer.lr=3e-3")
+    train(cfg, extra_callbacks=[recorder])
+    recalls = recorder.recalls
+    best_epoch = max(range(len(recalls)), key=lambda e: (recalls[e], -e))  # the first epoch with the top score
+    best = Path(cfg.run_dir) / "checkpoints" / "best.ckpt"
+    assert torch.load(best, weights_only=False)["epoch"] == best_epoch
+    model, config = load_model(best)
+    dm = ShapesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
+    out = retrieval(*embed_gallery(model, dm.gallery()), dm.val_idx)
+    assert (out["i2t_R@1"] + out["t2i_R@1"]) / 2 == pytest.approx(recalls[best_epoch], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_save_on_the_same_epochs(make_cfg) -> None:
+    """DDP over 2 CPU processes: trainer.save_checkpoint ends in a barrier, so both ranks must decide alike
+    (rank 0's clock decides); the run finishes and last.ckpt and best.ckpt are whole."""
+    cfg = make_cfg(*TINY, "trainer=ddp_cpu", "trainer.max_epochs=3", "checkpoint_every_s=1e6")
+    metrics = train(cfg)
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert 0 <= torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] <= 2
+    assert 0.0 <= metrics["val/R@1"] <= 1.0
