@@ -25,7 +25,9 @@ UNWANTED = {
 @pytest.mark.slow
 def test_a_default_run_prints_each_line_once_and_nothing_to_ignore(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli("train.py", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, wandb_silent=False)
+    result = run_cli(
+        "train.py", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, wandb_silent=False, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout + result.stderr
     for what, text in UNWANTED.items():
