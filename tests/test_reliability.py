@@ -519,3 +519,24 @@ if __name__ == "__main__":  # regenerate the table in docs/errors.md
     start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
     ERRORS_DOC.write_text(f"{text[:start]}\n{errors_table()}\n{text[end:]}")
     print(f"wrote {ERRORS_DOC}")
+
+
+def test_preempted_hands_the_job_back_to_the_launcher_or_to_slurm(monkeypatch, tmp_path: Path) -> None:
+    """After the checkpoint: submitit's own handler when the launcher installed one (it requeues with the same
+    config), else `scontrol requeue <job>` inside a SLURM job, else nothing (a local run just stops)."""
+    from nanovlm import guards
+
+    called: list = []
+    guards.Preempted(signal.SIGUSR2, tmp_path, 3, lambda signum, frame: called.append(signum)).requeue()
+    assert called == [signal.SIGUSR2]
+
+    monkeypatch.setattr(guards.subprocess, "run", lambda command, check: called.append(command))
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    guards.Preempted(signal.SIGUSR1, tmp_path, 3, signal.SIG_DFL).requeue()
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    guards.Preempted(signal.SIGUSR1, tmp_path, 3, None).requeue()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    guards.Preempted(signal.SIGUSR1, tmp_path, 3, None).requeue()
+    assert called[1:] == [["scontrol", "requeue", "123"], ["scontrol", "requeue", "77_4"]]
