@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: retrieval recall, zero-shot attribute classification, pictures, a retrieval demo.
+"""Evaluate a checkpoint: retrieval recall, zero-shot attribute classification, pictures, a retrieval demo;
+for a captioning checkpoint (loss=cap, loss=coca) also the captions it writes.
 
     python -m nanovlm.evaluate ckpt=outputs/<date>/<time>/checkpoints/last.ckpt
     python -m nanovlm.evaluate ckpt=... query="red circle top-left" top_k=5
@@ -24,8 +25,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from nanovlm import checkpoints
-from nanovlm.data import IMAGE_SIZE, ShapesDataModule, Tokenizer, all_triples
-from nanovlm.metrics import RetrievalRecall
+from nanovlm.captioner import SHAPES_SLOTS, Captioner
+from nanovlm.captioning import slot_vocabulary
+from nanovlm.data import IMAGE_SIZE, VOCAB, ShapesDataModule, Tokenizer, all_triples
+from nanovlm.metrics import CaptionAccuracy, RetrievalRecall
 from nanovlm.module import DualEncoder
 from nanovlm.plots import ATTRIBUTE_VALUES, ATTRIBUTES, embed_gallery
 
@@ -68,10 +71,16 @@ def retrieval(image_emb: torch.Tensor, text_emb: torch.Tensor, queries: torch.Te
 
     The same RetrievalRecall and scoring as DualEncoder's validation, so the numbers agree with training.
     """
+    return retrieval_from_scores(image_emb @ text_emb.T, queries)
+
+
+def retrieval_from_scores(scores: torch.Tensor, queries: torch.Tensor) -> dict[str, float]:
+    """`retrieval` from the gallery's score matrix [N images, N captions], whatever scored it (a dual encoder's
+    cosine, a captioner's log-likelihood): image queries rank a row, caption queries a column."""
     out: dict[str, float] = {}
-    for direction, q_emb, g_emb in (("i2t", image_emb, text_emb), ("t2i", text_emb, image_emb)):
+    for direction, matrix in (("i2t", scores), ("t2i", scores.T)):
         metric = RetrievalRecall()
-        metric.update(q_emb[queries] @ g_emb.T, queries, queries)  # [Q, N]; item i's true column is i
+        metric.update(matrix[queries], queries, queries)  # [Q, N]; item i's true column is i
         out.update({f"{direction}_{k}": float(v) for k, v in metric.compute().items()})
     return out
 
@@ -142,21 +151,27 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
     datamodule: ShapesDataModule = instantiate(train_cfg["data"])
     triples = all_triples()
-    image_emb, text_emb = embed_gallery(model, datamodule.gallery())
     splits = {"train": datamodule.train_idx, "val": datamodule.val_idx, "all": torch.arange(len(triples))}
     names = {s: f"{s} ({len(idx)})" for s, idx in splits.items()}
     results: dict[str, Any] = {"ckpt": str(cfg.ckpt), "split": train_cfg["data"].get("split", "random")}
-    results["retrieval"] = {s: retrieval(image_emb, text_emb, idx) for s, idx in splits.items()}
-    zs = {s: zero_shot(image_emb, text_emb, triples, splits[s]) for s in ("val", "all")}
-    results["zero_shot"] = {s: {a: r["accuracy"] for a, r in zs[s].items()} for s in zs}
-
+    scores = gallery_scores(model, datamodule.gallery())
+    results["retrieval"] = {s: retrieval_from_scores(scores, idx) for s, idx in splits.items()}
     print(f"checkpoint  {cfg.ckpt}  (data.split={results['split']}; queries ranked against all 243)")
     print(_table({names[s]: m for s, m in results["retrieval"].items()}))
-    for s, acc in results["zero_shot"].items():
-        print(f"zero-shot {names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
+    text_emb = None
+    if model.text_encoder is not None:  # both embeddings: zero-shot prompts and the embedding pictures
+        image_emb, text_emb = embed_gallery(model, datamodule.gallery())
+        zs = {s: zero_shot(image_emb, text_emb, triples, splits[s]) for s in ("val", "all")}
+        results["zero_shot"] = {s: {a: r["accuracy"] for a, r in zs[s].items()} for s in zs}
+        for s, acc in results["zero_shot"].items():
+            print(f"zero-shot {names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
+    if isinstance(model, Captioner):
+        results["captions"] = caption_accuracy(model, datamodule.gallery(), splits)
+        for s, acc in results["captions"].items():
+            print(f"captions  {names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.plots:
+    if cfg.plots and text_emb is not None:
         from nanovlm import plots
 
         pictures = plots.draw_embedding_pictures(out_dir, (image_emb, text_emb), datamodule.captions, triples)
@@ -168,46 +183,76 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             )
         results["pictures"] = {k: str(v) for k, v in pictures.items()}
     if cfg.query is not None:
-        results["query"] = query_images(model, cfg.query, cfg.top_k, datamodule, image_emb, out_dir)
+        results["query"] = query_images(model, cfg.query, cfg.top_k, datamodule, out_dir)
     if cfg.image is not None:
-        results["image"] = image_captions(model, cfg.image, cfg.top_k, datamodule.captions, text_emb)
+        results["image"] = image_captions(model, cfg.image, cfg.top_k, datamodule)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"written     {out_dir}/")
     return results
 
 
 @torch.no_grad()
-def query_images(
-    model: DualEncoder, text: str, k: int, datamodule: ShapesDataModule, image_emb: torch.Tensor, out_dir: Path
-) -> dict[str, Any]:
+def gallery_scores(model: DualEncoder, gallery: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[N images, N captions] scores of every gallery pair, the ones validation ranks with: cosine for a dual
+    encoder, the captioner's own score (log-likelihood, or cosine for loss=coca) for a Captioner."""
+    if isinstance(model, Captioner):
+        return model.score_matrix(model.encode_images(gallery["image"]), model.encode_captions(gallery["tokens"]))
+    image_emb, text_emb = embed_gallery(model, gallery)
+    return image_emb @ text_emb.T
+
+
+@torch.no_grad()
+def caption_accuracy(model: Captioner, gallery: dict[str, torch.Tensor], splits: dict[str, torch.Tensor]) -> dict:
+    """Per split, the share of images whose greedily written caption is exactly right, and per slot; the same
+    decoding (constrained or not, as trained) and the same CaptionAccuracy as validation."""
+    allowed = slot_vocabulary(gallery["tokens"], len(VOCAB)) if model.loss.constrained else None
+    written = model.generate(gallery["image"], allowed)
+    out = {}
+    for split, index in splits.items():
+        metric = CaptionAccuracy(SHAPES_SLOTS)
+        metric.update(written[index], gallery["tokens"][index], index)
+        out[split] = {k: float(v) for k, v in metric.compute().items()}
+    return out
+
+
+def _top_k(scores: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+    top = scores.topk(min(k, len(scores)))
+    return top.indices.tolist(), top.values.tolist()
+
+
+@torch.no_grad()
+def query_images(model: DualEncoder, text: str, k: int, datamodule: ShapesDataModule, out_dir: Path) -> dict[str, Any]:
     """The top-k gallery images for a caption, printed and drawn as a PNG grid with their scores."""
     tokens = Tokenizer().encode(text)[None]  # [1, 4]; unknown words raise a ValueError naming them
-    scores = (model.text_encoder(tokens) @ image_emb.T)[0]  # [N]
-    top = scores.topk(min(k, len(scores)))
-    captions = [datamodule.captions[i] for i in top.indices.tolist()]
+    indices, values = _top_k(gallery_scores(model, {"image": datamodule.images, "tokens": tokens})[:, 0], k)
+    captions = [datamodule.captions[i] for i in indices]
     print(f"query       {text!r} -> top {len(captions)} images")
-    for rank, (c, s) in enumerate(zip(captions, top.values.tolist(), strict=True), 1):
+    for rank, (c, s) in enumerate(zip(captions, values, strict=True), 1):
         print(f"  {rank:2d}. {s:+.3f}  {c}")
     from nanovlm.plots import image_grid
 
     path = out_dir / f"query_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png"
-    titles = [f"{c}\n{s:+.3f}" for c, s in zip(captions, top.values.tolist(), strict=True)]
-    image_grid(path, datamodule.images[top.indices], titles, f"query: {text!r}")
+    titles = [f"{c}\n{s:+.3f}" for c, s in zip(captions, values, strict=True)]
+    image_grid(path, datamodule.images[indices], titles, f"query: {text!r}")
     print(f"  grid: {path}")
-    return {"captions": captions, "scores": top.values.tolist(), "png": str(path)}
+    return {"captions": captions, "scores": values, "png": str(path)}
 
 
 @torch.no_grad()
-def image_captions(model: DualEncoder, spec: str, k: int, captions: list[str], text_emb: torch.Tensor) -> dict:
-    """The top-k captions for an image given as a gallery index or a 32x32 file."""
+def image_captions(model: DualEncoder, spec: str, k: int, datamodule: ShapesDataModule) -> dict:
+    """The top-k captions for an image given as a gallery index or a 32x32 file; a Captioner also writes one."""
     image, description = load_image(spec)
-    scores = (model.image_encoder(image[None]) @ text_emb.T)[0]  # [N]
-    top = scores.topk(min(k, len(scores)))
-    found = [captions[i] for i in top.indices.tolist()]
+    indices, values = _top_k(gallery_scores(model, {"image": image[None], "tokens": datamodule.tokens})[0], k)
+    found = [datamodule.captions[i] for i in indices]
+    out: dict[str, Any] = {"captions": found, "scores": values}
+    if isinstance(model, Captioner):
+        allowed = slot_vocabulary(datamodule.tokens, len(VOCAB)) if model.loss.constrained else None
+        out["generated"] = Tokenizer().decode(model.generate(image[None], allowed)[0])
+        print(f"image       {description} -> generated caption: {out['generated']!r}")
     print(f"image       {description} -> top {len(found)} captions")
-    for rank, (c, s) in enumerate(zip(found, top.values.tolist(), strict=True), 1):
+    for rank, (c, s) in enumerate(zip(found, values, strict=True), 1):
         print(f"  {rank:2d}. {s:+.3f}  {c}")
-    return {"captions": found, "scores": top.values.tolist()}
+    return out
 
 
 def parse_args(argv: list[str]) -> EvalConfig:

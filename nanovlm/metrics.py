@@ -58,3 +58,32 @@ def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     first = torch.full((len(unique),), len(ids), device=ids.device, dtype=positions.dtype)
     first.scatter_reduce_(0, inverse, positions, reduce="amin")
     return unique, first
+
+
+class CaptionAccuracy(Metric):
+    """Generated captions against the true ones: the share exactly right, and per slot the share whose word in
+    that slot is right (slot s is token s + 1, after [CLS]), over captions seen since reset. Like
+    RetrievalRecall, a caption id seen twice across processes is counted once."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, slot_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.slot_names = tuple(slot_names)
+        self.add_state("correct", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, generated: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor) -> None:
+        """generated, targets [Q, T] token ids with [CLS] first; ids [Q]."""
+        if generated.shape != targets.shape or targets.shape[1] - 1 != len(self.slot_names):
+            raise ValueError(f"captions {tuple(generated.shape)} vs {tuple(targets.shape)} for slots {self.slot_names}")
+        self.correct.append(generated[:, 1:] == targets[:, 1:])  # [Q, S]
+        self.ids.append(ids)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        correct, ids = dim_zero_cat(self.correct), dim_zero_cat(self.ids)
+        correct = correct[_first_occurrence(ids)[1]]  # [Q, S] bool
+        out = {"exact": correct.all(dim=1).float().mean()}
+        out.update({name: correct[:, s].float().mean() for s, name in enumerate(self.slot_names)})
+        return out

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanovlm import checkpoints, tracking
 from nanovlm.callbacks import StopAtRecall
+from nanovlm.captioner import build_captioner, is_captioning
 from nanovlm.config import ConfigError, validate
 from nanovlm.data import VOCAB, ShapesDataModule
 from nanovlm.guards import NonFiniteLossGuard
@@ -27,14 +28,15 @@ from nanovlm.module import DualEncoder
 
 
 def build_model(cfg: DictConfig) -> DualEncoder:
-    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint)."""
-    return DualEncoder(
-        image_encoder=instantiate(cfg.encoder),
-        text_encoder=instantiate(cfg.text_encoder, vocab_size=len(VOCAB)),
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-    )
+    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint). A captioning
+    objective (loss=cap, loss=coca) gets its subclass, the Captioner, whose decoder is sized by the model."""
+    image_encoder = instantiate(cfg.encoder)
+    text_encoder = instantiate(cfg.text_encoder, vocab_size=len(VOCAB))
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    if is_captioning(cfg.loss):
+        return build_captioner(cfg.loss, image_encoder, text_encoder, len(VOCAB), optimizer, scheduler)
+    return DualEncoder(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
 
 
 # --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------
@@ -162,7 +164,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             *build_callbacks(cfg),
             *extra_callbacks,
         ]
-        if cfg.get("plots"):
+        if cfg.get("plots") and model.text_encoder is not None:  # pictures of both embeddings; loss=cap has one
             callbacks.append(instantiate(cfg.plots))
         trainer: L.Trainer = instantiate(
             cfg.trainer,
