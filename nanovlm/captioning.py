@@ -88,10 +88,19 @@ class TextDecoder(nn.Module):
 # --- Teacher forcing, scoring, generation -------------------------------------------------------------------------
 
 
-def teacher_forced_loss(decoder: TextDecoder, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def teacher_forced_loss(
+    decoder: TextDecoder, memory: torch.Tensor, tokens: torch.Tensor, parallel: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy: the decoder reads tokens[:, :-1] (the true prefix, [CLS] first, whatever
-    it would have predicted itself) and is scored on tokens[:, 1:]."""
-    logits = decoder(tokens[:, :-1], memory)  # [B, T-1, V]
+    it would have predicted itself) and is scored on tokens[:, 1:].
+
+    `parallel` [B] bool marks captions trained by parallel prediction (CapPa): their inputs are all [CLS], so
+    every word must be read off the image alone, with no earlier word to lean on.
+    """
+    inputs = tokens[:, :-1]  # [B, T-1]
+    if parallel is not None:
+        inputs = torch.where(parallel[:, None], tokens[:, :1].expand_as(inputs), inputs)
+    logits = decoder(inputs, memory)  # [B, T-1, V]
     return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
 
 
@@ -186,18 +195,29 @@ class CaptionLoss(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         constrained: bool = True,
+        parallel_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= parallel_fraction <= 1.0:
+            raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {parallel_fraction}")
         self.decoder = TextDecoder(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout
         )
+        self.parallel_fraction = parallel_fraction
         self.constrained = constrained
 
     def forward(
         self, image_emb: torch.Tensor, memory: torch.Tensor, tokens: torch.Tensor, text_emb: torch.Tensor | None
     ) -> torch.Tensor:
         """The loss of a batch; `memory` is `self.decoder.memory(...)` of its images. `text_emb` is unused here."""
-        return teacher_forced_loss(self.decoder, memory, tokens)
+        return self.caption_loss(memory, tokens)
+
+    def caption_loss(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing; in training, a random `parallel_fraction` of the captions by parallel prediction."""
+        parallel = None
+        if self.training and self.parallel_fraction > 0:
+            parallel = torch.rand(len(tokens), device=tokens.device) < self.parallel_fraction  # [B]
+        return teacher_forced_loss(self.decoder, memory, tokens, parallel)
 
     def extra_log(self) -> dict[str, torch.Tensor]:
         return {}
@@ -229,10 +249,12 @@ class CocaLoss(CaptionLoss):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         constrained: bool = True,
+        parallel_fraction: float = 0.0,
     ) -> None:
         super().__init__(
-            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained
-        )
+            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained,
+            parallel_fraction,
+        )  # fmt: skip
         if contrastive_weight < 0 or caption_weight < 0 or contrastive_weight + caption_weight == 0:
             raise ValueError(
                 "loss.contrastive_weight and loss.caption_weight must be >= 0 and not both 0, "
@@ -248,7 +270,7 @@ class CocaLoss(CaptionLoss):
         self, image_emb: torch.Tensor, memory: torch.Tensor, tokens: torch.Tensor, text_emb: torch.Tensor | None
     ) -> torch.Tensor:
         assert text_emb is not None, "loss=coca needs the text encoder's embeddings"
-        captioning = teacher_forced_loss(self.decoder, memory, tokens)
+        captioning = self.caption_loss(memory, tokens)
         return self.contrastive_weight * self.contrastive(image_emb, text_emb) + self.caption_weight * captioning
 
     def extra_log(self) -> dict[str, torch.Tensor]:
