@@ -100,7 +100,7 @@ class DualEncoder(L.LightningModule):
         self.log_to_loggers({**extra, "train/lr": self.optimizers().param_groups[0]["lr"]})
 
     @torch.no_grad()
-    def _encode_images(self, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
         """[N, D] in chunks: a whole scenes gallery (12,636 images) at once would hold ~0.5 GB of activations."""
         return torch.cat(
             [self.image_encoder(images[i : i + chunk].to(self.device)) for i in range(0, len(images), chunk)]
@@ -108,7 +108,7 @@ class DualEncoder(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         gallery = self.trainer.datamodule.gallery()
-        images = self._encode_images(gallery["image"])
+        images = self.encode_images(gallery["image"])
         texts = self.text_encoder(gallery["tokens"].to(self.device))
         self._gallery = (images, texts, gallery["caption"].to(self.device))
 
