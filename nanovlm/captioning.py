@@ -177,7 +177,9 @@ class CaptionLoss(nn.Module):
     `vocab_size`, `token_dim`, `num_tokens` and `embed_dim` come from the world and the image encoder (see
     `nanovlm.captioner.build_captioner`); the yaml gives the decoder's sizes and `constrained`, whether
     generation keeps each slot to the words it can hold. A captioner has no text embedding, so it scores a
-    caption by its log-likelihood (`score`).
+    caption by its log-likelihood (`score`). `retrieval=False` skips ranking the whole gallery in validation
+    (val/R@1 is then nan): by likelihood every (image, caption) pair is a decoder pass, and on data=scenes that
+    is millions per epoch. Hard-negative accuracy and the caption metrics are computed either way.
     """
 
     score = "likelihood"
@@ -196,14 +198,16 @@ class CaptionLoss(nn.Module):
         dropout: float = 0.0,
         constrained: bool = True,
         parallel_fraction: float = 0.0,
+        retrieval: bool = True,
+        max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__()
         if not 0.0 <= parallel_fraction <= 1.0:
             raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {parallel_fraction}")
         self.decoder = TextDecoder(
-            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout
+            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, max_len
         )
-        self.parallel_fraction = parallel_fraction
+        self.parallel_fraction, self.retrieval = parallel_fraction, retrieval
         self.constrained = constrained
 
     def forward(
@@ -250,10 +254,12 @@ class CocaLoss(CaptionLoss):
         dropout: float = 0.0,
         constrained: bool = True,
         parallel_fraction: float = 0.0,
+        retrieval: bool = True,
+        max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained,
-            parallel_fraction,
+            parallel_fraction, retrieval, max_len,
         )  # fmt: skip
         if contrastive_weight < 0 or caption_weight < 0 or contrastive_weight + caption_weight == 0:
             raise ValueError(

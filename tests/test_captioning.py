@@ -204,7 +204,7 @@ def test_likelihood_ties_count_as_failures(make_cfg) -> None:
         model.loss.decoder.head.weight.zero_()
         model.loss.decoder.head.bias.zero_()
         images, tokens, _ = build_tensors()
-        scores = model.score_matrix(model.encode_images(images[:10]), model.encode_captions(tokens))  # [10, 243]
+        scores = model.score_matrix(model.read_images(images[:10]), model.read_captions(tokens))  # [10, 243]
     assert torch.equal(scores, torch.full_like(scores, scores[0, 0]))
     assert true_item_rank(scores, torch.arange(10)).tolist() == [243] * 10
 
