@@ -23,7 +23,6 @@ from torch import nn
 
 from nanovlm.captioning import (
     CaptionLoss,
-    greedy_decode,
     log_likelihood,
     pair_log_likelihoods,
     slot_vocabulary,
@@ -138,7 +137,7 @@ class Captioner(DualEncoder):
         """Greedy captions [B, T] for the images whose memory is given; with loss.constrained, each slot keeps to
         the words it holds in `world_tokens` (the world's distinct captions, see `slot_vocabulary`)."""
         allowed = slot_vocabulary(world_tokens, self.loss.decoder.head.out_features) if self.loss.constrained else None
-        return greedy_decode(self.loss.decoder, memory, self.bos_id, world_tokens.shape[1], allowed)
+        return self.loss.decode(self.loss.decoder, memory, self.bos_id, world_tokens.shape[1], allowed)
 
     def caption_metric(self) -> CaptionAccuracy:
         return CaptionAccuracy(self.slots)
@@ -175,7 +174,9 @@ class Captioner(DualEncoder):
         if self.val_hn is not None:
             negatives = self.negative_scores(images, batch["negatives"])  # [B, K]
             self.val_hn.update(self.pair_scores(images, captions), negatives, batch["negative_valid"], index)
-        written = greedy_decode(self.loss.decoder, images.memory, self.bos_id, captions.tokens.shape[1], self._allowed)
+        written = self.loss.decode(
+            self.loss.decoder, images.memory, self.bos_id, captions.tokens.shape[1], self._allowed
+        )
         self.val_caption.update(written, captions.tokens, index)
 
     def on_validation_epoch_end(self) -> None:

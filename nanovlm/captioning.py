@@ -165,6 +165,22 @@ def greedy_decode(
     return tokens
 
 
+@torch.no_grad()
+def parallel_decode(
+    decoder: TextDecoder, memory: torch.Tensor, bos_id: int, length: int, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Captions [B, length] with every word read off the image at once: the inputs are all [CLS], as in
+    parallel-prediction training (loss.parallel_fraction), so no word is conditioned on another. One pass."""
+    inputs = torch.full((len(memory), length - 1), bos_id, dtype=torch.long, device=memory.device)  # [B, T-1]
+    logits = decoder(inputs, memory)  # [B, T-1, V]
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[1:], float("-inf"))
+    return torch.cat([inputs[:, :1], logits.argmax(dim=-1)], dim=1)  # [B, T]
+
+
+DECODERS = {"greedy": greedy_decode, "parallel": parallel_decode}
+
+
 # --- The objectives ------------------------------------------------------------------------------------------------
 
 
@@ -199,11 +215,15 @@ class CaptionLoss(nn.Module):
         constrained: bool = True,
         parallel_fraction: float = 0.0,
         retrieval: bool = True,
+        decoding: str = "greedy",
         max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__()
         if not 0.0 <= parallel_fraction <= 1.0:
             raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {parallel_fraction}")
+        if decoding not in DECODERS:
+            raise ValueError(f"loss.decoding must be one of {', '.join(DECODERS)}, got {decoding!r}")
+        self.decode = DECODERS[decoding]
         self.decoder = TextDecoder(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, max_len
         )
@@ -255,11 +275,12 @@ class CocaLoss(CaptionLoss):
         constrained: bool = True,
         parallel_fraction: float = 0.0,
         retrieval: bool = True,
+        decoding: str = "greedy",
         max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained,
-            parallel_fraction, retrieval, max_len,
+            parallel_fraction, retrieval, decoding, max_len,
         )  # fmt: skip
         if contrastive_weight < 0 or caption_weight < 0 or contrastive_weight + caption_weight == 0:
             raise ValueError(
