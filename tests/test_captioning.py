@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.captioner import Captioner
+from nanovlm.captioner import Captioner, slot_names
 from nanovlm.captioning import (
     CaptionLoss,
     CocaLoss,
@@ -15,6 +15,7 @@ from nanovlm.captioning import (
     greedy_decode,
     log_likelihood,
     pair_log_likelihoods,
+    parallel_decode,
     slot_vocabulary,
     teacher_forced_loss,
 )
@@ -125,6 +126,60 @@ def test_greedy_decoding_follows_a_hand_set_decoder() -> None:
     allowed = torch.ones(4, V, dtype=torch.bool)
     allowed[2, 2] = False
     assert greedy_decode(decoder, memory, 0, 4, allowed).tolist() == [[0, 1, 3, 4]] * 2
+
+
+def test_parallel_decoding_reads_every_word_from_cls() -> None:
+    """Every input is [CLS] (word 0), so each slot gets 0's best next word (1), unless the slot forbids it."""
+    decoder = _hand_set_decoder([(w + 1) % V for w in range(V)], [(w + 2) % V for w in range(V)])
+    memory = torch.randn(2, 3, V)
+    assert parallel_decode(decoder, memory, bos_id=0, length=4).tolist() == [[0, 1, 1, 1]] * 2
+    allowed = torch.ones(4, V, dtype=torch.bool)
+    allowed[2, 1] = False
+    assert parallel_decode(decoder, memory, 0, 4, allowed).tolist() == [[0, 1, 2, 1]] * 2
+
+
+def test_parallel_prediction_trains_marked_captions_from_cls_inputs() -> None:
+    """CapPa's loss: captions marked parallel are scored as if every input word were [CLS]."""
+    decoder = _decoder()
+    tokens = build_tensors()[1][:6]
+    memory = _memory(decoder, 6)
+    parallel = torch.tensor([True, False, True, False, False, True])
+    inputs = tokens[:, :-1].clone()
+    inputs[parallel] = 0  # [CLS]
+    with torch.no_grad():
+        logits = decoder(inputs, memory)
+        expected = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        torch.testing.assert_close(teacher_forced_loss(decoder, memory, tokens, parallel), expected)
+        assert not torch.allclose(teacher_forced_loss(decoder, memory, tokens), expected)
+
+
+def test_slot_names_come_from_the_caption_form() -> None:
+    assert slot_names("<colour> <shape> <position>") == ("colour", "shape", "position")
+    names = ("colour_1", "shape_1", "relation", "colour_2", "shape_2")
+    assert slot_names("<colour> <shape> <relation> <colour> <shape>") == names
+
+
+def test_captioner_on_scenes_scores_hard_negatives_by_likelihood(make_cfg) -> None:
+    """On the scenes world the decoder is sized by its 6-token captions and 11 words, its slots are named from
+    the caption form, and a negative's score is its own caption's log-likelihood given the image."""
+    model = build_model(make_cfg("data=scenes", "loss=cap")).eval()
+    assert model.slots == ("colour_1", "shape_1", "relation", "colour_2", "shape_2")
+    assert model.loss.decoder.pos_embed.shape[1] == 6 and model.loss.decoder.head.out_features == 15
+    from nanovlm.scenes import ScenesDataModule
+
+    world = ScenesDataModule.__new__(ScenesDataModule)  # only the tokenizer, not the 12,636 images
+    tokenizer = world.tokenizer()
+    truth = tokenizer.encode("red circle left-of blue square")
+    negatives = tokenizer.encode_batch(["blue square left-of red circle", "red circle above blue square"])
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        read = model.read_images(images)
+        scores = model.negative_scores(read, negatives[None])  # [1, 2]
+        expected = log_likelihood(model.loss.decoder, read.memory.expand(2, -1, -1), negatives)
+        torch.testing.assert_close(scores[0], expected)
+        torch.testing.assert_close(
+            model.score_pairs(images, truth[None]), log_likelihood(model.loss.decoder, read.memory, truth[None])
+        )
 
 
 def test_slot_vocabulary_is_the_words_each_slot_holds() -> None:
