@@ -312,8 +312,8 @@ def evaluate_captioner(
         print(f"captions  {names[split]:10}" + "".join(f"  {a} {v:.3f}" for a, v in results["captions"][split].items()))
     distinct_inputs = len(torch.unique(gallery["tokens"][:, :-1], dim=0))
     if scores and len(images.emb) * distinct_inputs <= MAX_LIKELIHOOD_PAIRS:
-        scores = model.score_matrix(images, captions)  # [N, C]
-        results["retrieval"] = {s: retrieval_from_scores(scores, idx, caption_of) for s, idx in splits.items()}
+        matrix = model.score_matrix(images, captions)  # [N, C]
+        results["retrieval"] = {s: retrieval_from_scores(matrix, idx, caption_of) for s, idx in splits.items()}
         print(f"retrieval by {model.loss.score}, queries ranked against the whole gallery")
         print(_table({names[s]: m for s, m in results["retrieval"].items()}))
     elif scores:
