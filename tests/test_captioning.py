@@ -264,6 +264,7 @@ def test_likelihood_ties_count_as_failures(make_cfg) -> None:
     assert true_item_rank(scores, torch.arange(10)).tolist() == [243] * 10
 
 
+@pytest.mark.slow
 def test_captioner_learns_and_evaluate_writes_its_captions(make_cfg, tmp_path, capsys) -> None:
     """A short run: captions of never-trained val images come out mostly right, and the per-slot numbers are at
     least the exact one (a caption is exact only if each slot is). `nanovlm.evaluate` on its last checkpoint
