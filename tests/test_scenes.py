@@ -251,3 +251,78 @@ def test_scenes_words_are_all_used() -> None:
     assert caption((("red", "circle"), "above", ("blue", "square"))) == "red circle above blue square"
     assert isinstance(world().tokenizer(), Tokenizer)
     assert list(itertools.islice(OBJECTS, 2)) == [("red", "circle"), ("red", "square")]
+
+
+# --- The world through the framework: model sizes, a short run, evaluation agreeing with validation ---------------
+
+
+def test_build_model_takes_vocabulary_and_caption_length_from_the_world(make_cfg) -> None:
+    from nanovlm.training import build_model
+
+    scenes = build_model(make_cfg("data=scenes", "text_encoder=mha")).text_encoder
+    shapes = build_model(make_cfg("text_encoder=mha")).text_encoder
+    assert scenes.embed.num_embeddings == len(ScenesDataModule.vocab) == 15 and scenes.pos_embed.shape[1] == 6
+    assert shapes.embed.num_embeddings == 22 and shapes.pos_embed.shape[1] == 4
+
+
+def test_hard_negatives_on_a_world_without_them_is_a_config_error(make_cfg) -> None:
+    from nanovlm.config import ConfigError
+    from nanovlm.training import build
+
+    with pytest.raises(ConfigError, match=r"loss.hard_negatives=true needs a world with hard negatives"):
+        build(make_cfg("loss.hard_negatives=true"))
+
+
+@pytest.fixture(scope="module")
+def scenes_run(tmp_path_factory: pytest.TempPathFactory):
+    """One short scenes run with hard negatives (a few batches, a light CNN, pictures on), and its checkpoint."""
+    from hydra import compose, initialize_config_dir
+
+    from nanovlm.config import CONFIG_DIR
+    from nanovlm.training import train
+    from tests.conftest import QUIET
+
+    run_dir = tmp_path_factory.mktemp("scenes_run")
+    overrides = [
+        f"run_dir={run_dir}", "logger=none", "data=scenes", "text_encoder=mha", "loss=siglip",
+        "loss.hard_negatives=true",
+        "encoder.channels=[8,8,8,8]", "model.embed_dim=8", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+        "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=4",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, *QUIET])
+    return run_dir, train(cfg)
+
+
+def test_a_scenes_run_logs_hard_negative_accuracy_and_draws_its_pictures(scenes_run) -> None:
+    run_dir, metrics = scenes_run
+    for kind in NEGATIVE_KINDS:
+        assert 0.0 <= metrics[f"val/hn_{kind}"] <= 1.0
+    assert 0.0 <= metrics["val/i2t_R@1"] <= 1.0 and 0.0 <= metrics["val/t2i_R@1"] <= 1.0
+    for name in ("bands", "similarity", "pca"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 5000, name
+
+
+def test_evaluate_agrees_with_validation_on_scenes(scenes_run, tmp_path) -> None:
+    """The same 4 x 128 val images that validation saw (limit_val_batches=4) give the same recall and hard-negative
+    accuracy through nanovlm.evaluate's functions, and score_pairs gives validation's cosines."""
+    from nanovlm.evaluate import hard_negatives, load_model, retrieval
+    from nanovlm.plots import embed_gallery
+
+    run_dir, metrics = scenes_run
+    model, config = load_model(run_dir / "checkpoints" / "last.ckpt")
+    dm = ScenesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
+    queries = dm.val_idx[: 4 * dm.batch_size]
+    with torch.no_grad():
+        image_emb = model.encode_images(dm.images)
+    _, text_emb = embed_gallery(model, {"image": dm.images[:1], "tokens": dm.tokens})
+    ours = retrieval(image_emb, text_emb, queries, dm.caption_of)
+    for key in ("i2t_R@1", "t2i_R@1", "i2t_mean_rank", "t2i_mean_rank"):
+        assert ours[key] == pytest.approx(metrics[f"val/{key}"], abs=1e-6), key
+    hard = hard_negatives(model, dm, image_emb, text_emb, queries)
+    for kind in NEGATIVE_KINDS:
+        assert hard[kind] == pytest.approx(metrics[f"val/hn_{kind}"], abs=1e-6), kind
+    some = queries[:6]
+    with torch.no_grad():
+        scores = model.score_pairs(dm.images[some], dm.tokens[dm.caption_of[some]])
+    torch.testing.assert_close(scores, (image_emb[some] * text_emb[dm.caption_of[some]]).sum(-1))
