@@ -84,10 +84,14 @@ def all_triples() -> list[tuple[str, str, str]]:
 
 
 class Tokenizer:
-    """Word-level tokenizer over the closed vocabulary; every caption becomes [CLS] + 3 word ids."""
+    """Word-level tokenizer over a world's closed vocabulary: a caption of `seq_len - 1` words becomes
+    [CLS] + one id per word. Each world passes its own vocabulary, length and caption form (for the error)."""
 
-    def __init__(self, vocab: Sequence[str] = VOCAB) -> None:
+    def __init__(
+        self, vocab: Sequence[str] = VOCAB, seq_len: int = SEQ_LEN, form: str = "<colour> <shape> <position>"
+    ) -> None:
         self.vocab = tuple(vocab)
+        self.seq_len, self.form = seq_len, form
         self.ids = {word: i for i, word in enumerate(self.vocab)}
 
     def __len__(self) -> int:
@@ -99,8 +103,8 @@ class Tokenizer:
         if unknown:
             words_list = ", ".join(v for v in self.vocab if v != CLS)
             raise ValueError(f"unknown word(s) {unknown} in {text!r}; the vocabulary is: {words_list}")
-        if len(words) != SEQ_LEN - 1:
-            raise ValueError(f"a caption is '<colour> <shape> <position>' (3 words), got {text!r}")
+        if len(words) != self.seq_len - 1:
+            raise ValueError(f"a caption is '{self.form}' ({self.seq_len - 1} words), got {text!r}")
         return torch.tensor([self.ids[CLS], *(self.ids[w] for w in words)], dtype=torch.long)
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
@@ -148,12 +152,25 @@ def parse_holdout(holdout: Sequence[str]) -> set[tuple[str, str]]:
     return combos
 
 
-class ShapesDataset(Dataset):
-    """A view of some items of the in-memory tensors. `__getitems__` lets the DataLoader fetch a
-    whole batch with one indexing op instead of collating items one by one."""
+class TensorSliceDataset(Dataset):
+    """A view of some images of a world's in-memory tensors. `__getitems__` lets the DataLoader fetch a
+    whole batch with a few indexing ops instead of collating items one by one.
 
-    def __init__(self, images: torch.Tensor, tokens: torch.Tensor, indices: torch.Tensor) -> None:
+    Image i's caption is `caption_of[i]` (a world may show one caption in several images); `caption_extras`
+    are further per-caption tensors served beside it (a world's hard negatives), indexed the same way.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        indices: torch.Tensor,
+        caption_of: torch.Tensor | None = None,
+        caption_extras: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.images, self.tokens, self.indices = images, tokens, indices
+        self.caption_of = torch.arange(len(images), device=images.device) if caption_of is None else caption_of
+        self.caption_extras = caption_extras or {}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -163,7 +180,13 @@ class ShapesDataset(Dataset):
 
     def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         index = self.indices[positions]
-        return {"image": self.images[index], "tokens": self.tokens[index], "index": index}
+        caption = self.caption_of[index]
+        batch = {"image": self.images[index], "tokens": self.tokens[caption], "index": index}
+        batch.update({name: values[caption] for name, values in self.caption_extras.items()})
+        return batch
+
+
+ShapesDataset = TensorSliceDataset  # the seed world's name for it
 
 
 def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -171,7 +194,88 @@ def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class ShapesDataModule(L.LightningDataModule):
+class WorldDataModule(L.LightningDataModule):
+    """What every world shares: in-memory tensors served as slices, a train/val split of the images, the
+    gallery validation ranks against, the world's tokenizer. A world subclass fills in, in its __init__:
+
+    - `images` [N, 3, 32, 32] float in [0, 1]; `tokens` [C, L] the token ids of its C distinct captions, whose
+      texts are `captions`; `caption_of` [N] the caption of each image (C = N and identity for shapes);
+    - `train_idx`, `val_idx`: image indices;
+    - optionally `caption_extras` ({"negatives": [C, K, L], "negative_valid": [C, K]} for a world with hard
+      negatives of the kinds `negative_kinds`), served in every batch beside the tokens.
+
+    Class attributes `vocab`, `seq_len` and `caption_form` describe its captions; the model's text encoder takes
+    its vocabulary size and caption length from them (training.build_model), so no code names a world.
+    """
+
+    vocab: tuple[str, ...] = ()
+    seq_len: int = 0
+    caption_form: str = ""
+    negative_kinds: tuple[str, ...] = ()
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    captions: list[str]
+    caption_of: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        check_value("data.batch_size", batch_size)  # the ranges live in nanovlm.config.RULES
+        self.batch_size = batch_size
+        self.caption_extras: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def tokenizer(cls) -> Tokenizer:
+        return Tokenizer(cls.vocab, cls.seq_len, cls.caption_form)
+
+    def setup(self, stage: str) -> None:
+        """Move the whole dataset to the training device once: batches are then slices of device tensors,
+        with no per-step host-to-device copy."""
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.images, self.tokens, self.caption_of = (
+                t.to(device) for t in (self.images, self.tokens, self.caption_of)
+            )
+            self.train_idx, self.val_idx = self.train_idx.to(device), self.val_idx.to(device)
+            self.caption_extras = {k: v.to(device) for k, v in self.caption_extras.items()}
+
+    def gallery(self) -> dict[str, torch.Tensor]:
+        """What retrieval ranks against: every image and every distinct caption of the world (not only val's).
+
+        "image" [N, ...], "tokens" [C, L], "caption" [N] (the true gallery caption of each image), "index" [N].
+        """
+        index = torch.arange(len(self.images), device=self.images.device)
+        return {"image": self.images, "tokens": self.tokens, "caption": self.caption_of, "index": index}
+
+    def attributes(self) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
+        """{attribute: (its values, the value id of each gallery caption [C])}: what zero-shot classification
+        and the pictures colour by."""
+        raise NotImplementedError
+
+    def hard_negatives(self, index: int) -> dict[str, torch.Tensor]:
+        """Image `index`'s generated negative captions as token ids, by kind; a kind that would equal the truth
+        is left out. Empty for a world without negatives."""
+        if not self.negative_kinds:
+            return {}
+        caption = int(self.caption_of[index])
+        negatives, valid = self.caption_extras["negatives"][caption], self.caption_extras["negative_valid"][caption]
+        return {kind: negatives[k] for k, kind in enumerate(self.negative_kinds) if valid[k]}
+
+    def _dataset(self, indices: torch.Tensor) -> TensorSliceDataset:
+        return TensorSliceDataset(self.images, self.tokens, indices, self.caption_of, self.caption_extras)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.train_idx)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, collate_fn=_keep_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.val_idx)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=_keep_batch)
+
+
+class ShapesDataModule(WorldDataModule):
     """Generates all 243 pairs once, splits them, serves tensor batches.
 
     `split="random"`: a seeded random val_fraction of the pairs is val. `split="compositional"`: val is
@@ -181,6 +285,8 @@ class ShapesDataModule(L.LightningDataModule):
     since a val-only gallery of 49 would make the task easier than it is.
     """
 
+    vocab, seq_len, caption_form = VOCAB, SEQ_LEN, "<colour> <shape> <position>"
+
     def __init__(
         self,
         batch_size: int = 64,
@@ -189,13 +295,13 @@ class ShapesDataModule(L.LightningDataModule):
         split: str = "random",
         holdout: Sequence[str] = ("yellow triangle", "blue circle"),
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size)
         check_value("data.val_fraction", val_fraction)  # the ranges live in nanovlm.config.RULES
-        check_value("data.batch_size", batch_size)
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
-        self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
+        self.val_fraction, self.split_seed = val_fraction, split_seed
         self.images, self.tokens, self.captions = build_tensors()
+        self.caption_of = torch.arange(len(self.captions))  # one image per caption
         if split == "compositional":
             self.train_idx, self.val_idx = self.compositional_split(holdout)
         else:
@@ -217,22 +323,9 @@ class ShapesDataModule(L.LightningDataModule):
         in_val = torch.tensor([(c, s) in combos for c, s, _ in all_triples()])
         return torch.nonzero(~in_val).flatten(), torch.nonzero(in_val).flatten()
 
-    def setup(self, stage: str) -> None:
-        """Move the whole dataset (under 3 MB) to the training device once: batches are then slices of
-        device tensors, with no per-step host-to-device copy."""
-        if self.trainer is not None:
-            device = self.trainer.strategy.root_device
-            self.images, self.tokens = self.images.to(device), self.tokens.to(device)
-            self.train_idx, self.val_idx = self.train_idx.to(device), self.val_idx.to(device)
-
-    def gallery(self) -> dict[str, torch.Tensor]:
-        index = torch.arange(len(self.captions), device=self.images.device)
-        return {"image": self.images, "tokens": self.tokens, "index": index}
-
-    def train_dataloader(self) -> DataLoader:
-        dataset = ShapesDataset(self.images, self.tokens, self.train_idx)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, collate_fn=_keep_batch)
-
-    def val_dataloader(self) -> DataLoader:
-        dataset = ShapesDataset(self.images, self.tokens, self.val_idx)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=_keep_batch)
+    def attributes(self) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
+        triples = all_triples()
+        return {
+            name: (tuple(values), torch.tensor([list(values).index(t[slot]) for t in triples]))
+            for slot, (name, values) in enumerate((("colour", COLOURS), ("shape", SHAPES), ("position", POSITIONS)))
+        }

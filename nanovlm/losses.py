@@ -6,6 +6,11 @@ choosing a loss in the config is the whole change; the module just calls `loss(i
 The maths lives in two plain functions, `clip_loss` and `siglip_loss`, that take the logit scale
 (and bias) as arguments and accept a `label_offset`: with embeddings gathered from other processes,
 a process passes its local queries, the gathered gallery and the position of its own items in it.
+
+With `hard_negatives=True` (NegCLIP, Yuksekgonul et al. 2023) a loss also takes generated negative captions:
+extra texts that are negatives only. They add columns to the image->text side (every image of the global batch
+sees every valid extra text); the text->image side is unchanged. Under DDP they are gathered with gradients
+like the captions.
 """
 
 from __future__ import annotations
@@ -36,6 +41,19 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(all_gather(x)), dist.get_rank() * len(x)
 
 
+def gather_negatives(
+    negative_emb: torch.Tensor | None, negative_valid: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Every process's hard negatives [W*M, D] (with gradients) and their validity [W*M], like the captions."""
+    if negative_emb is None:
+        return None, None
+    all_negative_emb, _ = gather_with_grad(negative_emb)
+    if negative_valid is None:
+        return all_negative_emb, None
+    all_valid, _ = gather_with_grad(negative_valid.to(negative_emb.dtype))  # no gradient needed; same gather
+    return all_negative_emb, all_valid > 0.5
+
+
 def clip_loss(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -43,13 +61,23 @@ def clip_loss(
     all_image_emb: torch.Tensor | None = None,
     all_text_emb: torch.Tensor | None = None,
     label_offset: int = 0,
+    negative_emb: torch.Tensor | None = None,
+    negative_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE. Local queries [B, D] are ranked against the (possibly gathered) other
-    side [N, D]; query i's positive is column i + label_offset. `logit_scale` is log(1/tau)."""
+    side [N, D]; query i's positive is column i + label_offset. `logit_scale` is log(1/tau).
+
+    `negative_emb` [M, D] (possibly gathered) are extra texts appended to every image's row only;
+    `negative_valid` [M] bool drops the ones that do not exist (their logit is -inf)."""
     all_image_emb = image_emb if all_image_emb is None else all_image_emb
     all_text_emb = text_emb if all_text_emb is None else all_text_emb
     scale = logit_scale.exp()
     logits_per_image = scale * image_emb @ all_text_emb.T  # [B, N]
+    if negative_emb is not None:
+        extra = scale * image_emb @ negative_emb.T  # [B, M]
+        if negative_valid is not None:
+            extra = extra.masked_fill(~negative_valid.bool()[None], float("-inf"))
+        logits_per_image = torch.cat([logits_per_image, extra], dim=1)  # [B, N + M]; labels stay in the first N
     logits_per_text = scale * text_emb @ all_image_emb.T  # [B, N]
     labels = torch.arange(len(image_emb), device=image_emb.device) + label_offset
     return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
@@ -61,14 +89,25 @@ def siglip_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
     label_offset: int = 0,
+    negative_emb: torch.Tensor | None = None,
+    negative_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pairwise sigmoid loss, -sum_ij log sigmoid(z_ij * (s * x_i . y_j + b)) / B, with z_ij = +1
-    for the true pair (j = i + label_offset) and -1 otherwise. `text_emb` [N, D] may be gathered."""
+    for the true pair (j = i + label_offset) and -1 otherwise. `text_emb` [N, D] may be gathered.
+
+    `negative_emb` [M, D] (possibly gathered) adds M more texts with z = -1 for every image; `negative_valid`
+    [M] bool keeps only the ones that exist. The sum is still divided by B, the number of images."""
     logits = logit_scale.exp() * image_emb @ text_emb.T + logit_bias  # [B, N]
     rows = torch.arange(len(image_emb), device=logits.device)
     signs = -torch.ones_like(logits)
     signs[rows, rows + label_offset] = 1.0
-    return -F.logsigmoid(signs * logits).sum() / len(image_emb)
+    loss = -F.logsigmoid(signs * logits).sum()
+    if negative_emb is not None:
+        extra = -F.logsigmoid(-(logit_scale.exp() * image_emb @ negative_emb.T + logit_bias))  # [B, M]
+        if negative_valid is not None:
+            extra = extra * negative_valid.to(extra.dtype)[None]
+        loss = loss + extra.sum()
+    return loss / len(image_emb)
 
 
 class ClipLoss(nn.Module):
@@ -80,9 +119,14 @@ class ClipLoss(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.07, learnable_temperature: bool = False, param_lr: float | None = None
+        self,
+        temperature: float = 0.07,
+        learnable_temperature: bool = False,
+        param_lr: float | None = None,
+        hard_negatives: bool = False,
     ) -> None:
         super().__init__()
+        self.hard_negatives = hard_negatives
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
         self.param_lr = _check_param_lr(param_lr)
@@ -96,12 +140,29 @@ class ClipLoss(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.logit_scale.detach().exp().reciprocal()
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        negative_emb: torch.Tensor | None = None,
+        negative_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`negative_emb` [M, D] and `negative_valid` [M]: this process's hard negatives (hard_negatives=true)."""
         if isinstance(self.logit_scale, nn.Parameter):
             _clamp_logit_scale(self.logit_scale)
         all_image_emb, offset = gather_with_grad(image_emb)
         all_text_emb, _ = gather_with_grad(text_emb)
-        return clip_loss(image_emb, text_emb, self.logit_scale, all_image_emb, all_text_emb, offset)
+        all_negative_emb, all_negative_valid = gather_negatives(negative_emb, negative_valid)
+        return clip_loss(
+            image_emb,
+            text_emb,
+            self.logit_scale,
+            all_image_emb,
+            all_text_emb,
+            offset,
+            all_negative_emb,
+            all_negative_valid,
+        )
 
     def extra_log(self) -> dict[str, torch.Tensor]:
         """Scalars worth a line on the dashboard."""
@@ -128,8 +189,10 @@ class SigLipLoss(nn.Module):
         batch_size: int = 64,
         learnable: bool = True,
         param_lr: float | None = None,
+        hard_negatives: bool = False,
     ) -> None:
         super().__init__()
+        self.hard_negatives = hard_negatives
         self.param_lr = _check_param_lr(param_lr)
         if not 0.0 < scale <= 100.0:
             raise ValueError(f"loss.scale must be in (0, 100], got {scale}")
@@ -139,11 +202,20 @@ class SigLipLoss(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learnable)
         self.logit_bias = nn.Parameter(torch.tensor(float(bias)), requires_grad=learnable)
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        negative_emb: torch.Tensor | None = None,
+        negative_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         _clamp_logit_scale(self.logit_scale)
         # Each process scores its own images against every process's texts: together the N*B x N*B pairs.
         all_text_emb, offset = gather_with_grad(text_emb)
-        return siglip_loss(image_emb, all_text_emb, self.logit_scale, self.logit_bias, offset)
+        all_negative_emb, all_negative_valid = gather_negatives(negative_emb, negative_valid)
+        return siglip_loss(
+            image_emb, all_text_emb, self.logit_scale, self.logit_bias, offset, all_negative_emb, all_negative_valid
+        )
 
     def extra_log(self) -> dict[str, torch.Tensor]:
         return {"scale": self.logit_scale.detach().exp(), "bias": self.logit_bias.detach()}

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from nanovlm.metrics import RetrievalRecall
+from nanovlm.metrics import HardNegativeAccuracy, RetrievalRecall
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -37,8 +37,10 @@ def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.P
 class DualEncoder(L.LightningModule):
     """Encoders + contrastive loss + retrieval metrics.
 
-    Validation ranks each val query against the whole 243-item gallery of the other modality
-    (image->text and text->image), encoded once per validation epoch.
+    Validation ranks each val query against the world's whole gallery of the other modality, encoded once per
+    validation epoch: image->text against every distinct caption (one is true), text->image against every image
+    (all images showing the caption are true; R@k: one of them is in the top k). On a world with hard negatives
+    (data=scenes) it also logs val/hn_<kind>: the share of val images whose caption outscores that negative.
     """
 
     def __init__(
@@ -53,16 +55,36 @@ class DualEncoder(L.LightningModule):
         self.image_encoder, self.text_encoder, self.loss = image_encoder, text_encoder, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
-        self._gallery: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.val_hn: HardNegativeAccuracy | None = None  # made in setup() for a world with hard negatives
+        self._gallery: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self.logged: dict[str, float] = {}
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image_encoder(images), self.text_encoder(tokens)
 
+    def score_pairs(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[B] how well caption `tokens[i]` fits `images[i]`: their cosine. Every objective has such a score
+        (a captioner's is the caption's log-likelihood); hard-negative accuracy compares these scores."""
+        image_emb, text_emb = self(images, tokens)
+        return (image_emb * text_emb).sum(dim=-1)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        kinds = tuple(getattr(datamodule, "negative_kinds", ()))
+        if getattr(self.loss, "hard_negatives", False) and not kinds:
+            raise ValueError("loss.hard_negatives=true needs a world with hard negatives (data=scenes)")
+        if kinds and self.val_hn is None:
+            self.val_hn = HardNegativeAccuracy(kinds).to(self.device)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image_emb, text_emb = self(batch["image"], batch["tokens"])
-        loss = self.loss(image_emb, text_emb)
+        if getattr(self.loss, "hard_negatives", False):
+            negatives = batch["negatives"]  # [B, K, L]
+            negative_emb = self.text_encoder(negatives.flatten(0, 1))  # [B*K, D]
+            loss = self.loss(image_emb, text_emb, negative_emb, batch["negative_valid"].flatten())
+        else:
+            loss = self.loss(image_emb, text_emb)
         self._loss_sum += loss.detach() * len(image_emb)
         self._loss_count += len(image_emb)
         return loss
@@ -77,26 +99,52 @@ class DualEncoder(L.LightningModule):
         extra = {f"train/{name}": value for name, value in self.loss.extra_log().items()}
         self.log_to_loggers({**extra, "train/lr": self.optimizers().param_groups[0]["lr"]})
 
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """[N, D] in chunks: a whole scenes gallery (12,636 images) at once would hold ~0.5 GB of activations."""
+        return torch.cat(
+            [self.image_encoder(images[i : i + chunk].to(self.device)) for i in range(0, len(images), chunk)]
+        )
+
     def on_validation_epoch_start(self) -> None:
         gallery = self.trainer.datamodule.gallery()
-        self._gallery = self(gallery["image"].to(self.device), gallery["tokens"].to(self.device))
+        images = self.encode_images(gallery["image"])
+        texts = self.text_encoder(gallery["tokens"].to(self.device))
+        self._gallery = (images, texts, gallery["caption"].to(self.device))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._gallery is not None
-        gallery_images, gallery_texts = self._gallery
-        # Every val item is also a gallery item, already encoded (same weights, eval mode): index, don't re-encode.
-        image_emb, text_emb = gallery_images[batch["index"]], gallery_texts[batch["index"]]
+        gallery_images, gallery_texts, caption_of = self._gallery
+        # Every val image and caption is also in the gallery, already encoded (same weights, eval mode): index.
+        index = batch["index"]
+        caption = caption_of[index]  # [B] each image's true gallery caption
+        image_emb, text_emb = gallery_images[index], gallery_texts[caption]
         # self.log (not log_to_loggers): callbacks such as EarlyStopping(monitor="val/loss") read it.
         self.log("val/loss", self.loss(image_emb, text_emb), batch_size=len(image_emb), sync_dist=True)
-        # The gallery is in item order, so a query's item index is also its true gallery column.
-        self.val_i2t.update(image_emb @ gallery_texts.T, batch["index"], batch["index"])
-        self.val_t2i.update(text_emb @ gallery_images.T, batch["index"], batch["index"])
+        self.val_i2t.update(image_emb @ gallery_texts.T, caption, index)
+        # Text queries are captions: a caption shown by several val images is one query (its id is the caption),
+        # and every gallery image showing it is a true item.
+        shows_caption = caption_of[None, :] == caption[:, None]  # [B, N]
+        self.val_t2i.update(text_emb @ gallery_images.T, shows_caption, caption)
+        if self.val_hn is not None:
+            negatives = batch["negatives"]  # [B, K, L]
+            negative_emb = self.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [B, K, D]
+            # The same cosines score_pairs gives, from the embeddings already at hand.
+            true_scores = (image_emb * text_emb).sum(-1)  # [B]
+            negative_scores = (image_emb[:, None] * negative_emb).sum(-1)  # [B, K]
+            self.val_hn.update(true_scores, negative_scores, batch["negative_valid"], index)
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, torch.Tensor] = {}
         for direction, metric in (("i2t", self.val_i2t), ("t2i", self.val_t2i)):
+            if metric.update_count == 0:  # not ranked this epoch (a captioner with loss.retrieval=false): nan
+                metrics.update({f"val/{direction}_{k}": torch.tensor(float("nan")) for k in ("R@1", "R@5", "R@10")})
+                continue
             metrics.update({f"val/{direction}_{k}": v for k, v in metric.compute().items()})
             metric.reset()
+        if self.val_hn is not None:
+            metrics.update({f"val/hn_{kind}": v for kind, v in self.val_hn.compute().items()})
+            self.val_hn.reset()
         # One number for checkpointing, early stopping and sweeps: both directions must be good. It goes
         # through self.log, which is what ModelCheckpoint and callbacks read; already global (metric sync).
         self.log("val/R@1", (metrics["val/i2t_R@1"] + metrics["val/t2i_R@1"]) / 2, prog_bar=True, sync_dist=True)

@@ -40,17 +40,37 @@ def _save(fig: Any, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def _value_colours(attribute: str) -> list[tuple[float, float, float]]:
-    """One plotting colour per value of `attribute`; colours are drawn in their own colour."""
-    if attribute == "colour":
+# An item's attribute values, in the order of an attribute table {attribute: its values}: for the seed world
+# (colour, shape, position) with ATTRIBUTE_VALUES; a world's `attributes()` gives its own (world_attributes).
+AttributeValues = dict[str, tuple[str, ...]]
+
+
+def _value_colours(values: Sequence[str]) -> list[tuple[float, float, float]]:
+    """One plotting colour per value; colour names are drawn in their own colour."""
+    if tuple(values) == tuple(COLOURS):
         return [tuple(c / 255 for c in rgb) for rgb in COLOURS.values()]
     cmap = _pyplot().get_cmap("tab10")
-    return [cmap(i)[:3] for i in range(len(ATTRIBUTE_VALUES[attribute]))]
+    return [cmap(i)[:3] for i in range(len(values))]
 
 
-def _value_ids(triples: Sequence[tuple[str, str, str]], attribute: str) -> list[int]:
-    values = ATTRIBUTE_VALUES[attribute]
-    return [values.index(t[ATTRIBUTES.index(attribute)]) for t in triples]
+def _value_ids(
+    triples: Sequence[Sequence[str]], attribute: str, table: AttributeValues = ATTRIBUTE_VALUES
+) -> list[int]:
+    values = table[attribute]
+    slot = list(table).index(attribute)
+    return [values.index(t[slot]) for t in triples]
+
+
+def world_attributes(datamodule: Any) -> tuple[torch.Tensor, list[tuple[str, ...]], AttributeValues]:
+    """What the pictures of a world draw: one image per distinct caption (the first that shows it; all 243 for
+    shapes, 1,404 for scenes), each caption's attribute values, and the attribute table."""
+    first_image = torch.full((len(datamodule.captions),), len(datamodule.images), dtype=torch.long)
+    caption_of = datamodule.caption_of.cpu()
+    first_image.scatter_reduce_(0, caption_of, torch.arange(len(caption_of)), reduce="amin")
+    attributes = datamodule.attributes()
+    table = {name: tuple(values) for name, (values, _) in attributes.items()}
+    columns = [[values[i] for i in ids.tolist()] for values, ids in attributes.values()]
+    return first_image, list(zip(*columns, strict=True)), table
 
 
 def embedding_bands(
@@ -112,7 +132,11 @@ def similarity_matrix(path: Path, image_emb: torch.Tensor, text_emb: torch.Tenso
 
 
 def pca_scatter(
-    path: Path, image_emb: torch.Tensor, text_emb: torch.Tensor, triples: Sequence[tuple[str, str, str]]
+    path: Path,
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    triples: Sequence[Sequence[str]],
+    table: AttributeValues = ATTRIBUTE_VALUES,
 ) -> Path:
     """Both modalities projected on the top-2 principal components of their union, one panel per
     attribute, coloured by its value; a thin line joins each image to its caption."""
@@ -125,10 +149,10 @@ def pca_scatter(
     xy = (centred @ v[:2].T).numpy()  # [2N, 2]
     n = len(image_emb)
     img_xy, txt_xy = xy[:n], xy[n:]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
+    fig, axes = plt.subplots(1, len(table), figsize=(16 / 3 * len(table), 5.4))
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.1, top=0.94, wspace=0.2)
-    for ax, attribute in zip(axes, ATTRIBUTES, strict=True):
-        palette, ids = _value_colours(attribute), _value_ids(triples, attribute)
+    for ax, attribute in zip(axes, table, strict=True):
+        palette, ids = _value_colours(table[attribute]), _value_ids(triples, attribute, table)
         colours = [palette[i] for i in ids]
         # One LineCollection, not 243 Line2D artists: the picture is the same, savefig is much faster.
         ax.add_collection(LineCollection(list(zip(img_xy, txt_xy, strict=True)), colors="0.8", lw=0.5, zorder=0))
@@ -136,7 +160,7 @@ def pca_scatter(
         ax.scatter(txt_xy[:, 0], txt_xy[:, 1], c=colours, marker="^", s=40, edgecolors="k", linewidths=0.3)
         handles = [
             plt.Line2D([], [], ls="", marker="s", color=c, markeredgecolor="k", label=name)
-            for name, c in zip(ATTRIBUTE_VALUES[attribute], palette, strict=True)
+            for name, c in zip(table[attribute], palette, strict=True)
         ]
         ax.legend(handles=handles, fontsize=7, loc="best", title=attribute, title_fontsize=8)
         ax.set_title(f"coloured by {attribute}  (o image, ^ text)")
@@ -147,14 +171,19 @@ def pca_scatter(
 
 
 def sphere_scatter(
-    path: Path, image_emb: torch.Tensor, text_emb: torch.Tensor, triples: Sequence[tuple[str, str, str]]
+    path: Path,
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    triples: Sequence[Sequence[str]],
+    table: AttributeValues = ATTRIBUTE_VALUES,
 ) -> Path:
-    """3-D embeddings (model.embed_dim=3) on the unit sphere, coloured by colour; lines join pairs."""
+    """3-D embeddings (model.embed_dim=3) on the unit sphere, coloured by the first attribute; lines join pairs."""
     if image_emb.shape[1] != 3:
         raise ValueError(f"sphere_scatter needs model.embed_dim=3, got embeddings of dim {image_emb.shape[1]}")
     plt = _pyplot()
     img, txt = image_emb.detach().cpu().numpy(), text_emb.detach().cpu().numpy()
-    palette, ids = _value_colours("colour"), _value_ids(triples, "colour")
+    first = next(iter(table))
+    palette, ids = _value_colours(table[first]), _value_ids(triples, first, table)
     colours = [palette[i] for i in ids]
     fig = plt.figure(figsize=(7, 7))
     ax = fig.add_subplot(projection="3d")
@@ -165,7 +194,7 @@ def sphere_scatter(
     ax.scatter(*img.T, c=colours, marker="o", s=20, edgecolors="k", linewidths=0.3, depthshade=False)
     ax.scatter(*txt.T, c=colours, marker="^", s=36, edgecolors="k", linewidths=0.3, depthshade=False)
     ax.set_box_aspect((1, 1, 1))
-    ax.set_title("embeddings on the unit sphere, coloured by colour (o image, ^ text)")
+    ax.set_title(f"embeddings on the unit sphere, coloured by {first} (o image, ^ text)")
     return _save(fig, path)
 
 
@@ -203,20 +232,28 @@ def draw_embedding_pictures(
     directory: Path,
     after: tuple[torch.Tensor, torch.Tensor],
     captions: Sequence[str],
-    triples: Sequence[tuple[str, str, str]],
+    triples: Sequence[Sequence[str]],
     before: tuple[torch.Tensor, torch.Tensor] | None = None,
+    table: AttributeValues = ATTRIBUTE_VALUES,
 ) -> dict[str, Path]:
-    """Every embedding picture of one model state, as {name: PNG path} in `directory`."""
+    """Every embedding picture of one model state, as {name: PNG path} in `directory`. `after` (and `before`)
+    are aligned (image, caption) pairs, one per caption; `triples` their attribute values in `table`'s order."""
     directory = Path(directory)
     image_emb, text_emb = after
     paths = {
         "bands": embedding_bands(directory / "bands.png", after, before, captions),
         "similarity": similarity_matrix(directory / "similarity.png", image_emb, text_emb, captions),
-        "pca": pca_scatter(directory / "pca.png", image_emb, text_emb, triples),
+        "pca": pca_scatter(directory / "pca.png", image_emb, text_emb, triples, table),
     }
     if image_emb.shape[1] == 3:
-        paths["sphere"] = sphere_scatter(directory / "sphere.png", image_emb, text_emb, triples)
+        paths["sphere"] = sphere_scatter(directory / "sphere.png", image_emb, text_emb, triples, table)
     return paths
+
+
+def picture_pairs(datamodule: Any) -> dict[str, torch.Tensor]:
+    """{"image": one image per caption, "tokens": every caption}, aligned (see world_attributes)."""
+    first_image, _, _ = world_attributes(datamodule)
+    return {"image": datamodule.images[first_image.to(datamodule.images.device)], "tokens": datamodule.tokens}
 
 
 @torch.no_grad()
@@ -247,19 +284,18 @@ class EmbeddingPlots(L.Callback):
     def _draw(self, trainer: L.Trainer, model: L.LightningModule, subdir: str = "") -> None:
         if not trainer.is_global_zero:
             return
-        from nanovlm.data import all_triples
-
         datamodule = trainer.datamodule
-        after = embed_gallery(model, datamodule.gallery())
+        _, triples, table = world_attributes(datamodule)
+        after = embed_gallery(model, picture_pairs(datamodule))
         directory = Path(trainer.default_root_dir) / self.dirname / subdir
-        self.paths = draw_embedding_pictures(directory, after, datamodule.captions, all_triples(), self.before)
+        self.paths = draw_embedding_pictures(directory, after, datamodule.captions, triples, self.before, table)
         logger = trainer.logger
         if logger is not None and hasattr(logger, "log_image"):
             for name, path in self.paths.items():
                 logger.log_image(key=f"plots/{name}", images=[str(path)], step=trainer.global_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.before = embed_gallery(pl_module, trainer.datamodule.gallery())
+        self.before = embed_gallery(pl_module, picture_pairs(trainer.datamodule))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

@@ -185,6 +185,9 @@ def summarise(jobs: list[Job], spec: SweepSpec) -> tuple[list[str], list[dict[st
         for col in metric_cols:
             values = [j.metrics[col] for j in ok if col in j.metrics]
             row[col] = sum(values) / len(values) if values else math.nan
+            if spec.average_over:  # the spread over seeds belongs beside every mean (shown as mean ± std)
+                row[f"{col}{STD_SUFFIX}"] = _std(values)
+                row.setdefault(RUN_VALUES, {})[col] = values  # for the heatmap, whose cells may merge rows
         for col in spec.min_columns:
             values = [j.metrics[col] for j in ok if col in j.metrics]
             row[f"min {col}"] = min(values) if values else math.nan
@@ -193,6 +196,26 @@ def summarise(jobs: list[Job], spec: SweepSpec) -> tuple[list[str], list[dict[st
         row["jobs"] = " ".join(str(j.num) for j in members)
         rows.append(row)
     return [*keys, *metric_cols, *(f"min {c}" for c in spec.min_columns), "runs", "failed", "jobs"], rows
+
+
+STD_SUFFIX = " std"
+RUN_VALUES = "_run_values"  # a row's per-run values of each metric: not a column
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (n - 1); nan for fewer than two values."""
+    if len(values) < 2:
+        return math.nan
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A table cell: the value, and "± std" where the row has a finite spread for it."""
+    std = row.get(f"{key}{STD_SUFFIX}")
+    if isinstance(std, float) and not math.isnan(std) and not math.isnan(row[key]):
+        return f"{_fmt(row[key])} ± {std:.3f}"
+    return _fmt(row[key])
 
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
@@ -209,12 +232,13 @@ def _fmt(value: Any) -> str:
 def write_table(sweep_dir: Path, header: list[str], rows: list[dict[str, Any]]) -> tuple[Path, Path]:
     """results.csv (full precision) and results.md (rounded) in the sweep dir."""
     csv_path, md_path = sweep_dir / "results.csv", sweep_dir / "results.md"
+    stds = [k for k in (rows[0] if rows else {}) if k.endswith(STD_SUFFIX) and k not in header]
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
+        writer = csv.DictWriter(f, fieldnames=[*header, *stds], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r, h) for h in header) + " |" for r in rows]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -227,7 +251,7 @@ def print_table(title: str, header: list[str], rows: list[dict[str, Any]], best:
     for h in header:
         table.add_column(h, justify="right" if h not in ("jobs",) else "left")
     for r in rows:
-        table.add_row(*(_fmt(r[h]) for h in header), style="bold green" if r is best else None)
+        table.add_row(*(_cell(r, h) for h in header), style="bold green" if r is best else None)
     console = Console()
     if not console.is_terminal:  # logs and pipes: don't squeeze the columns to 80 characters
         console = Console(width=200)
@@ -249,20 +273,27 @@ def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric:
             return sorted(values)
 
     xs, ys = order({r[x] for r in rows}), order({r[y] for r in rows})
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        cells[(r[y], r[x])].append(r[metric])
+        cells[(r[y], r[x])].append(r)
     grid = np.full((len(ys), len(xs)), np.nan)
-    for (yv, xv), values in cells.items():
-        finite = [v for v in values if not math.isnan(v)]
+    spread = np.full((len(ys), len(xs)), np.nan)  # std over the runs of a cell, where rows averaged runs
+    for (yv, xv), members in cells.items():
+        finite = [r[metric] for r in members if not math.isnan(r[metric])]
         if finite:
             grid[ys.index(yv), xs.index(xv)] = sum(finite) / len(finite)
+        runs = [v for r in members for v in r.get(RUN_VALUES, {}).get(metric, [])]
+        if runs:
+            grid[ys.index(yv), xs.index(xv)] = sum(runs) / len(runs)  # the mean over runs, as the spread is
+            spread[ys.index(yv), xs.index(xv)] = _std(runs)
     fig, ax = plt.subplots(figsize=(1.4 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
     image = ax.imshow(grid, cmap="viridis", vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0, vmax=1.0)
     for i in range(len(ys)):
         for j in range(len(xs)):
             v = grid[i, j]
             text, colour = ("failed", "red") if math.isnan(v) else (f"{v:.3f}", "white" if v < 0.8 else "black")
+            if not math.isnan(v) and not math.isnan(spread[i, j]):
+                text += f"\n± {spread[i, j]:.3f}"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10)
     ax.set_xticks(range(len(xs)), xs)
     ax.set_yticks(range(len(ys)), ys)
@@ -330,6 +361,9 @@ def report(sweep_dir: Path, spec: SweepSpec | None = None, use_wandb: bool = Tru
     images = []
     if len(heat_keys) == 2:
         title = f"{spec.name}: {spec.metric} ({len(jobs)} jobs)"
+        if spec.average_over:
+            title += f"\nmean ± std over the runs in a cell ({', '.join(spec.average_over)}"
+            title += ")" if set(heat_keys) | set(spec.average_over) >= set(swept_keys(jobs)) else ", other keys)"
         images.append(plot_heatmap(sweep_dir / "heatmap.png", rows, heat_keys[0], heat_keys[1], spec.metric, title))
     failed = [j for j in jobs if j.status != "ok"]
     for job in failed:

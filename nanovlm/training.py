@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -13,34 +14,46 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm import checkpoints, console, preflight, tracking
 from nanovlm.callbacks import ParamSummary, StopAtRecall
+from nanovlm.captioner import build_captioner, is_captioning
 from nanovlm.cli import write_result
 from nanovlm.config import ConfigError, hydra_runtime, validate
-from nanovlm.data import VOCAB, ShapesDataModule
+from nanovlm.data import WorldDataModule
 from nanovlm.guards import NonFiniteLossGuard, Preempted, Preemption
 from nanovlm.module import DualEncoder
 
 
 def build_model(cfg: DictConfig) -> DualEncoder:
-    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint)."""
-    return DualEncoder(
-        image_encoder=instantiate(cfg.encoder),
-        text_encoder=instantiate(cfg.text_encoder, vocab_size=len(VOCAB)),
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-    )
+    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint).
+
+    The text encoder's vocabulary size, and its number of positions where it has a `max_len` the config leaves
+    unset, come from the world (`data._target_`'s class attributes), so every world fits every encoder. A
+    captioning objective (loss=cap, loss=coca) gets the DualEncoder's subclass, the Captioner, whose decoder is
+    sized by the world and the image encoder.
+    """
+    world: type[WorldDataModule] = get_class(cfg.data._target_)
+    text_sizes = {"vocab_size": len(world.vocab)}
+    takes_max_len = "max_len" in inspect.signature(get_class(cfg.text_encoder._target_)).parameters
+    if takes_max_len and cfg.text_encoder.get("max_len") is None:
+        text_sizes["max_len"] = world.seq_len
+    image_encoder = instantiate(cfg.encoder)
+    text_encoder = instantiate(cfg.text_encoder, **text_sizes)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    if is_captioning(cfg.loss):
+        return build_captioner(cfg.loss, image_encoder, text_encoder, world, optimizer, scheduler)
+    return DualEncoder(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
 
 
 # --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------
 
 
-def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any] | None]:
+def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any] | None]:
     """Validate `cfg`, build the data and model, read the checkpoint to resume from (if any).
 
     Cheap (tens of milliseconds): whatever a constructor, torch's optimizer or Lightning's Trainer would refuse
@@ -51,8 +64,12 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, ShapesDataModule, dict[str, Any
     preflight.check_trainer(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
-        datamodule: ShapesDataModule = instantiate(cfg.data)
+        datamodule: WorldDataModule = instantiate(cfg.data)
         model = build_model(cfg)
+        if getattr(model.loss, "hard_negatives", False) and not datamodule.negative_kinds:
+            raise ConfigError(
+                f"loss.hard_negatives=true needs a world with hard negatives (data=scenes), got {cfg.data._target_}"
+            )
     except InstantiationException as exc:
         raise _as_config_error(exc) from None
     except ValueError as exc:
@@ -145,7 +162,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             *build_callbacks(cfg),
             *extra_callbacks,
         ]
-        if cfg.get("plots"):
+        if cfg.get("plots") and model.text_encoder is not None:  # pictures of both embeddings; loss=cap has one
             callbacks.append(instantiate(cfg.plots))
         # Lightning's own summary would end in `Total FLOPs: 0` (see ParamSummary); ours replaces it.
         if cfg.trainer.get("enable_model_summary", True):
@@ -190,7 +207,10 @@ _write_result = rank_zero_only(write_result)
 @rank_zero_only
 def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> None:
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
-    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: all 243 pairs)"]
+    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: the whole world)"]
+    hard = {k.removeprefix("val/hn_"): v for k, v in metrics.items() if k.startswith("val/hn_")}
+    if hard:
+        lines.append("hard negatives " + "  ".join(f"{kind} {v:.3f}" for kind, v in hard.items()))
     lines.append(f"run dir        {run_dir}")
     if logger:
         lines.append(f"W&B run        {tracking.wandb_run_dir(run_dir)}")

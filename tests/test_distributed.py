@@ -75,18 +75,38 @@ def test_slurm_launcher_takes_its_shape_from_the_trainer() -> None:
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed"
 
 
-def _loss_and_grads(loss_name: str, images: torch.Tensor, texts: torch.Tensor, rank: int | None, world: int) -> dict:
+def _loss_and_grads(
+    loss_name: str,
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    rank: int | None,
+    world: int,
+    negatives: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> dict:
     """One step of a tiny dual encoder (two linear maps + the loss) on this rank's share of the batch;
-    parameter gradients averaged over ranks, as DDP does."""
+    parameter gradients averaged over ranks, as DDP does. `negatives` [B, K, 5] and `valid` [B, K]: each image's
+    hard-negative texts (loss.hard_negatives), sharded with their images."""
     torch.manual_seed(0)
     image_proj, text_proj = torch.nn.Linear(6, 4).double(), torch.nn.Linear(5, 4).double()
-    loss_fn = (ClipLoss(0.1, learnable_temperature=True) if loss_name == "clip" else SigLipLoss(bias=-2.0)).double()
+    hard = negatives is not None
+    loss_fn = (
+        ClipLoss(0.1, learnable_temperature=True, hard_negatives=hard)
+        if loss_name == "clip"
+        else SigLipLoss(bias=-2.0, hard_negatives=hard)
+    ).double()
     if rank is not None:  # contiguous shards, like a DistributedSampler without shuffling
         share = len(images) // world
         images, texts = images[rank * share : (rank + 1) * share], texts[rank * share : (rank + 1) * share]
+        if hard:
+            negatives, valid = negatives[rank * share : (rank + 1) * share], valid[rank * share : (rank + 1) * share]
     img = torch.nn.functional.normalize(image_proj(images), dim=-1)
     txt = torch.nn.functional.normalize(text_proj(texts), dim=-1)
-    loss = loss_fn(img, txt)
+    if hard:
+        neg = torch.nn.functional.normalize(text_proj(negatives.flatten(0, 1)), dim=-1)  # [B*K, 4]
+        loss = loss_fn(img, txt, neg, valid.flatten())
+    else:
+        loss = loss_fn(img, txt)
     loss.backward()
     params = {"image": image_proj.weight, "text": text_proj.weight, "scale": loss_fn.logit_scale}
     if loss_name == "siglip":
@@ -102,8 +122,8 @@ def _loss_and_grads(loss_name: str, images: torch.Tensor, texts: torch.Tensor, r
     return {"loss": loss.detach(), **grads}
 
 
-def _two_rank_step(rank: int, world: int, loss_name: str, images: torch.Tensor, texts: torch.Tensor) -> dict:
-    return _loss_and_grads(loss_name, images, texts, rank, world)
+def _two_rank_step(rank: int, world: int, loss_name: str, images: torch.Tensor, texts: torch.Tensor, *hn) -> dict:
+    return _loss_and_grads(loss_name, images, texts, rank, world, *hn)
 
 
 @pytest.mark.parametrize("loss_name", ["clip", "siglip"])
@@ -139,3 +159,24 @@ def test_submitit_local_launcher_runs_a_two_job_sweep_with_two_wandb_runs(tmp_pa
     assert [r["state"] for r in runs] == ["finished", "finished"]
     assert sorted(r["config"]["loss"]["temperature"] for r in runs) == [0.05, 0.1]
     assert len({r["run_id"] for r in runs}) == 2
+
+
+def _hard_negative_steps(rank: int, world: int, *inputs) -> dict:
+    return {name: _loss_and_grads(name, inputs[0], inputs[1], rank, world, *inputs[2:]) for name in ("clip", "siglip")}
+
+
+def test_hard_negatives_under_two_processes_match_one_process() -> None:
+    """Each rank's extra texts are gathered with gradients like its captions: 2 x 4 images with their 3 negatives
+    each train exactly like 8 images with all 24 negatives in one process (CLIP and SigLIP, one spawn)."""
+    torch.manual_seed(2)
+    images, texts = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    negatives = torch.randn(8, 3, 5, dtype=torch.float64)
+    valid = torch.rand(8, 3) > 0.25
+    single = _hard_negative_steps(None, 1, images, texts, negatives, valid)
+    for name in single:
+        plain = _loss_and_grads(name, images, texts, None, 1)
+        assert not torch.allclose(single[name]["loss"], plain["loss"])  # the negatives do take part
+    for got in _run_in_two_processes(_hard_negative_steps, images, texts, negatives, valid):
+        for name, expected in single.items():
+            for key, value in expected.items():
+                torch.testing.assert_close(got[name][key], value, msg=lambda m, k=key, n=name: f"{n} {k}: {m}")

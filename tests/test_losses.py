@@ -130,3 +130,73 @@ def test_siglip_scale_is_clamped_too() -> None:
         loss.logit_scale.fill_(10.0)
     loss(torch.eye(3), torch.eye(3))
     assert loss.extra_log()["scale"].item() == pytest.approx(100.0)
+
+
+# --- Hard negatives (NegCLIP): extra texts that are negatives of every image, never queries -------------------------
+
+
+def reference_negclip_loss(
+    img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, valid: list[bool], tau: float
+) -> torch.Tensor:
+    """NegCLIP written out: image i's softmax runs over every caption and every valid extra text; caption i's
+    softmax runs over the images only, as in plain CLIP."""
+    n = len(img)
+    extras = [m for m in range(len(neg)) if valid[m]]
+    total = img.new_zeros(())
+    for i in range(n):
+        s_row = torch.stack([img[i] @ txt[j] / tau for j in range(n)] + [img[i] @ neg[m] / tau for m in extras])
+        s_col = torch.stack([img[j] @ txt[i] / tau for j in range(n)])
+        total = total - (s_row[i] - torch.logsumexp(s_row, 0)) - (s_col[i] - torch.logsumexp(s_col, 0))
+    return total / (2 * n)
+
+
+def reference_siglip_hn_loss(
+    img: torch.Tensor, txt: torch.Tensor, neg: torch.Tensor, valid: list[bool], scale: float, bias: float
+) -> torch.Tensor:
+    """SigLIP's pair sum plus one more negative pair (image i, extra text m) for every image and valid m, / N."""
+    total = reference_siglip_loss(img, txt, scale, bias) * len(img)
+    for i in range(len(img)):
+        for m in range(len(neg)):
+            if valid[m]:
+                total = total - torch.log(1 / (1 + torch.exp(-(-scale * (img[i] @ neg[m]) - bias))))
+    return total / len(img)
+
+
+def _hn_inputs(n: int = 5, per_image: int = 3) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(3)
+    img = F.normalize(torch.randn(n, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(n, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    neg = F.normalize(torch.randn(n * per_image, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    return img, txt, neg
+
+
+def test_clip_hard_negatives_match_the_negclip_reference_values_and_gradients() -> None:
+    img, txt, neg = _hn_inputs()
+    valid = [m % 4 != 1 for m in range(len(neg))]  # some negatives do not exist
+    ours = ClipLoss(0.1, hard_negatives=True).double()(img, txt, neg, torch.tensor(valid))
+    assert_same_value_and_gradients(ours, reference_negclip_loss(img, txt, neg, valid, 0.1), (img, txt, neg))
+    # A masked negative is as if it were not there; more negatives only raise the loss.
+    kept = torch.tensor(valid)
+    torch.testing.assert_close(ours, ClipLoss(0.1).double()(img, txt, neg[kept]))
+    assert ours > ClipLoss(0.1).double()(img, txt)
+
+
+def test_siglip_hard_negatives_match_the_reference_values_and_gradients() -> None:
+    img, txt, neg = _hn_inputs()
+    valid = [m % 3 != 0 for m in range(len(neg))]
+    ours = SigLipLoss(scale=10.0, bias=-2.0, hard_negatives=True).double()(img, txt, neg, torch.tensor(valid))
+    ref = reference_siglip_hn_loss(img, txt, neg, valid, 10.0, -2.0)
+    assert_same_value_and_gradients(ours, ref, (img, txt, neg))
+
+
+def test_hard_negatives_leave_the_text_to_image_side_unchanged() -> None:
+    # The gradient reaching the images through the text->image softmax is the same with or without extra texts:
+    # only the image->text half changes. Check it on clip_loss's two halves directly.
+    img, txt, neg = _hn_inputs()
+    scale = torch.tensor(math.log(10.0), dtype=torch.float64)
+    with_neg = clip_loss(img, txt, scale, negative_emb=neg)
+    without = clip_loss(img, txt, scale)
+    t2i = F.cross_entropy(10.0 * txt @ img.T, torch.arange(len(img)))
+    i2t_with = F.cross_entropy(10.0 * img @ torch.cat([txt, neg]).T, torch.arange(len(img)))
+    torch.testing.assert_close(with_neg, (i2t_with + t2i) / 2)
+    torch.testing.assert_close(without, (F.cross_entropy(10.0 * img @ txt.T, torch.arange(len(img))) + t2i) / 2)

@@ -153,3 +153,23 @@ def test_the_summary_run_uses_the_jobs_wandb_settings(tmp_path: Path) -> None:
     logged = job(0, {"project": "elsewhere", "mode": "${oc.env:NANOVLM_TEST_MODE,disabled}", "name": None})
     assert sweeps.jobs_logger([logged]) == {"project": "elsewhere", "mode": "disabled", "name": None}
     assert sweeps.jobs_logger([job(1, None)]) is None
+
+
+def test_rows_averaged_over_seeds_show_mean_and_std(tmp_path: Path) -> None:
+    def job(num: int, enc: str, seed: str, r1: float) -> sweeps.Job:
+        return sweeps.Job(num, tmp_path, {"encoder": enc, "seed": seed}, "ok", {"val/R@1": r1})
+
+    jobs = [job(0, "cnn", "0", 0.9), job(1, "cnn", "1", 0.7), job(2, "cnn", "2", 0.8), job(3, "vit", "0", 1.0)]
+    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[])
+    header, rows = sweeps.summarise(jobs, spec)
+    by_enc = {r["encoder"]: r for r in rows}
+    assert by_enc["cnn"]["val/R@1 std"] == pytest.approx(0.1)  # sample std of 0.9, 0.7, 0.8
+    assert math.isnan(by_enc["vit"]["val/R@1 std"])  # one seed: no spread to show
+    sweeps.write_table(tmp_path, header, rows)
+    md = (tmp_path / "results.md").read_text()
+    assert "| cnn | 0.800 ± 0.100 |" in md and "| vit | 1.000 |" in md
+    with (tmp_path / "results.csv").open() as f:
+        csv_rows = {r["encoder"]: r for r in csv.DictReader(f)}
+    assert float(csv_rows["cnn"]["val/R@1 std"]) == pytest.approx(0.1)
+    path = sweeps.plot_heatmap(tmp_path / "h.png", rows, "encoder", "encoder", "val/R@1", "t")
+    assert path.stat().st_size > 1000

@@ -1,4 +1,9 @@
-"""Image encoders: images [B, 3, 32, 32] in [0, 1] -> unit vectors [B, D]."""
+"""Image encoders: images [B, 3, 32, 32] in [0, 1] -> unit vectors [B, D].
+
+Both also expose their token grid through `encode_with_tokens(images) -> (embedding [B, D], tokens [B, N, C])`,
+for objectives that need more than the pooled embedding (a captioner's decoder attends to the tokens). The
+embedding it returns is exactly `forward`'s; `num_tokens` (N) and `token_dim` (C) size whatever reads the tokens.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,13 @@ from nanovlm.encoders.transformer import check_transformer_sizes, transformer_bl
 
 class CNNEncoder(nn.Module):
     """Five stride-2 3x3 convs take 32x32 down to 1x1 (32->16->8->4->2->1); the last conv has D
-    channels, so flattening gives the embedding directly, then LayerNorm and L2."""
+    channels, so flattening gives the embedding directly, then LayerNorm and L2.
+
+    Its tokens are the 16 cells of the 4x4 feature map (after the third conv and its GELU): the last map on
+    which the 3x3 grid of positions is still spatially resolved. The 2x2 map would merge neighbouring cells.
+    """
+
+    TOKEN_CONVS_FROM_END = 2  # the tokens are read before the last two convs (4x4 -> 2x2 -> 1x1)
 
     def __init__(self, embed_dim: int, channels: tuple[int, ...] = (32, 64, 128, 128)) -> None:
         super().__init__()
@@ -25,10 +36,22 @@ class CNNEncoder(nn.Module):
                 layers.append(nn.GELU())
         self.convs = nn.Sequential(*layers)
         self.norm = nn.LayerNorm(embed_dim)
+        self.embed_dim = embed_dim
+        # Each of the last two convs is one layer plus (except the last) one GELU: 3 layers from the end.
+        self.token_layers = len(layers) - (2 * self.TOKEN_CONVS_FROM_END - 1)
+        self.token_dim = widths[-1 - self.TOKEN_CONVS_FROM_END]
+        self.num_tokens = (32 >> (len(widths) - 1 - self.TOKEN_CONVS_FROM_END)) ** 2  # 32 / 2^3 = 4 -> 16 cells
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.convs(images * 2 - 1)  # [B, D, 1, 1]; inputs centred on 0
         return F.normalize(self.norm(x.flatten(1)), dim=-1)  # [B, D]
+
+    def encode_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding [B, D], tokens [B, 16, C]): the same convs as `forward`, with the 4x4 map read on the way."""
+        x = self.convs[: self.token_layers](images * 2 - 1)  # [B, C, 4, 4]
+        tokens = x.flatten(2).transpose(1, 2)  # [B, 16, C], cells in row-major order
+        x = self.convs[self.token_layers :](x)  # [B, D, 1, 1]
+        return F.normalize(self.norm(x.flatten(1)), dim=-1), tokens
 
 
 class ViTEncoder(nn.Module):
@@ -65,10 +88,15 @@ class ViTEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)  # pre-norm blocks leave the residual stream unnormalised
         self.proj = nn.Linear(width, embed_dim)
         self.out_norm = nn.LayerNorm(embed_dim)
+        self.embed_dim, self.token_dim, self.num_tokens = embed_dim, width, n_patches  # tokens: the patches' outputs
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_tokens(images)[0]
+
+    def encode_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding [B, D] from the [CLS] output, tokens [B, P, W]: the patch tokens' final outputs)."""
         x = self.patch_embed(images * 2 - 1)  # [B, W, H/p, W/p]; inputs centred on 0
         x = x.flatten(2).transpose(1, 2)  # [B, P, W], patches in row-major order
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed  # [B, 1+P, W]
-        x = self.norm(self.blocks(x))[:, 0]  # [B, W], the [CLS] output
-        return F.normalize(self.out_norm(self.proj(x)), dim=-1)  # [B, D]
+        x = self.norm(self.blocks(x))  # [B, 1+P, W]
+        return F.normalize(self.out_norm(self.proj(x[:, 0])), dim=-1), x[:, 1:]  # [B, D], [B, P, W]
