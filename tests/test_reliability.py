@@ -249,7 +249,7 @@ def test_wandb_online_with_unreachable_server_falls_back_to_offline(monkeypatch)
     start = time.perf_counter()
     with pytest.warns(UserWarning, match="unreachable: logging offline instead"):
         assert wandb_mode("online") == "offline"
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 60  # a hang guard (wandb.init can wait minutes), not a timing assertion
     assert wandb_mode("disabled") == "disabled"
 
 
@@ -323,7 +323,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     last = killed_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
     while proc.poll() is None and time.monotonic() < deadline:
         if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 1:
             # The whole job dies, as under a scheduler or the OOM killer: its W&B service process too,
