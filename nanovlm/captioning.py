@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanovlm.data import SEQ_LEN
-from nanovlm.encoders.transformer import check_transformer_sizes
+from nanovlm.encoders.transformer import check_transformer_sizes, decoder_blocks
 from nanovlm.losses import ClipLoss
 
 
@@ -56,16 +56,7 @@ class TextDecoder(nn.Module):
         self.summary_proj = nn.Linear(embed_dim, width)
         self.memory_pos = nn.Parameter(torch.randn(1, 1 + num_tokens, width) * 0.02)
         self.memory_norm = nn.LayerNorm(width)
-        block = nn.TransformerDecoderLayer(
-            d_model=width,
-            nhead=heads,
-            dim_feedforward=round(width * mlp_ratio),
-            dropout=dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerDecoder(block, num_layers=depth)
+        self.blocks = decoder_blocks(width, depth, heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab_size)
 

@@ -1,5 +1,5 @@
-"""The transformer trunk that ViTEncoder and AttentionTextEncoder share: torch's own pre-norm
-self-attention blocks, and the size checks that name the config key."""
+"""The transformer trunks that ViTEncoder, AttentionTextEncoder and the captioning TextDecoder share: torch's own
+pre-norm blocks, and the size checks that name the config key."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ def transformer_blocks(width: int, depth: int, heads: int, mlp_ratio: float, dro
     )
     # The nested-tensor fast path only applies to post-norm layers; turning it off silences a warning.
     return nn.TransformerEncoder(block, num_layers=depth, enable_nested_tensor=False)
+
+
+def decoder_blocks(width: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.TransformerDecoder:
+    """`depth` pre-norm decoder blocks from torch (causal self-attention, cross-attention, GELU MLP), batch first,
+    sized like `transformer_blocks`."""
+    block = nn.TransformerDecoderLayer(
+        d_model=width,
+        nhead=heads,
+        dim_feedforward=round(width * mlp_ratio),
+        dropout=dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerDecoder(block, num_layers=depth)
 
 
 def check_transformer_sizes(group: str, width: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> None:
