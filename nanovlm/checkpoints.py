@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from nanovlm.config import ConfigError
+from nanovlm.config import ConfigError, check_value
 
 # Config sections that decide the model's parameters: a checkpoint only fits a model built from the same ones.
 MODEL_SECTIONS = ("model", "encoder", "text_encoder", "loss")
@@ -99,8 +99,7 @@ class _EpochEndCheckpoint(Checkpoint):
     best_model_path = ""  # best.ckpt once on disk; WandbLogger reads it from every checkpoint callback
 
     def __init__(self, dirpath: Path, filename: str, every_s: float) -> None:
-        if every_s < 0:
-            raise ValueError(f"checkpoint_every_s must be >= 0, got {every_s}")
+        check_value("checkpoint_every_s", every_s)  # the range lives in nanovlm.config.RULES
         self.dirpath, self.every_s = Path(dirpath), every_s
         self.path = self.dirpath / f"{filename}.ckpt"
         self.written_at = -math.inf  # time.monotonic() of the last write to disk
