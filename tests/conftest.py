@@ -44,7 +44,7 @@ def user_env() -> dict[str, str]:
 
 
 def run_cli(
-    script: str, *args: str, cwd: Path, timeout: float = 120, wandb_silent: bool = True, env: dict | None = None
+    script: str, *args: str, cwd: Path, timeout: float = 300, wandb_silent: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run a top-level script of the repo as a user would, from `cwd`, W&B offline (and silent unless a test
     is about what the console shows); `env` adds to the environment."""
@@ -59,20 +59,32 @@ def run_cli(
     )
 
 
-def _wandb_inspect(run_dir: Path, *options: str) -> str:
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+def _wandb_inspect(wandb_run: Path, *options: str) -> str:
     wandb_cli = Path(sys.executable).parent / "wandb"
     command = [str(wandb_cli), "leet", "inspect", *options, "--json", str(wandb_run)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
+def _one_wandb_run(run_dir: Path) -> Path:
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    return wandb_run
+
+
+def inspect_wandb_runs(run_dir: Path) -> list[dict]:
+    """Read every offline W&B run under `run_dir` back the way a user would, oldest first:
+    `wandb leet inspect --summary --json` (config, summary, state, run_id, name, project). A resumed run is a
+    second offline-run-* dir with the same run id."""
+    return [json.loads(_wandb_inspect(r, "--summary")) for r in sorted((run_dir / "wandb").glob("offline-run-*"))]
+
+
 def inspect_wandb_run(run_dir: Path) -> dict:
-    """Read the one offline W&B run under `run_dir` back the way a user would:
-    `wandb leet inspect --summary --json` (config, summary, state, run_id, name, project)."""
-    return json.loads(_wandb_inspect(run_dir, "--summary"))
+    """`inspect_wandb_runs` of a run dir that holds exactly one W&B run."""
+    return json.loads(_wandb_inspect(_one_wandb_run(run_dir), "--summary"))
 
 
 def wandb_records(run_dir: Path, record_type: str) -> list[dict]:
     """The records of one type ("run", "artifact", ...) in the offline W&B run's transaction log."""
-    records = [json.loads(line) for line in _wandb_inspect(run_dir).splitlines() if line.startswith("{")]
+    records = [
+        json.loads(line) for line in _wandb_inspect(_one_wandb_run(run_dir)).splitlines() if line.startswith("{")
+    ]
     return [r[record_type] for r in records if r.get("type") == record_type]

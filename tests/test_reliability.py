@@ -23,26 +23,13 @@ from nanovlm.guards import NonFiniteLossError
 from nanovlm.losses import ClipLoss
 from nanovlm.tracking import wandb_mode
 from nanovlm.training import train
-from tests.conftest import QUIET, REPO, user_env
+from tests.conftest import QUIET, REPO, inspect_wandb_runs, run_cli, user_env
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
 
 
-def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *QUIET, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-
-
-def wandb_runs(run_dir: Path) -> list[dict]:
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = []
-    for run in sorted((run_dir / "wandb").glob("offline-run-*")):
-        cmd = [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run)]
-        out.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout))
-    return out
+def run_train(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_cli("train.py", *QUIET, *args, cwd=cwd, env=env, timeout=timeout)
 
 
 # --- Bad input on the command line: one line naming the key, exit 2, no traceback, no run dir --------------------
@@ -259,6 +246,7 @@ NAN_LINE = (
 )
 
 
+@pytest.mark.slow
 def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path) -> None:
     """One subprocess for two CLI behaviours: `logger.mode=online` with no API key and an empty HOME logs offline
     with a warning; a NaN loss (temperature so small that 1/tau overflows) stops at step 0, one line, exit 1,
@@ -272,7 +260,7 @@ def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path
     assert "no W&B API key (WANDB_API_KEY or ~/.netrc): logging offline instead" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == NAN_LINE
     assert "Traceback" not in result.stderr
-    (run,) = wandb_runs(run_dir)
+    (run,) = inspect_wandb_runs(run_dir)
     assert run["state"] == "failed"
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
@@ -350,7 +338,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
         assert torch.equal(ours["state_dict"][name], value), name
     # W&B continues the same run: offline run dirs are named offline-run-<time>-<run id>.
     (before,) = (p.name.rsplit("-", 1)[1] for p in (killed_dir / "wandb").glob("offline-run-*"))
-    (after,) = wandb_runs(resumed_dir)
+    (after,) = inspect_wandb_runs(resumed_dir)
     assert after["run_id"] == before
     assert after["state"] == "finished" and after["summary"]["epoch"] == epochs - 1
     for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss", "val/i2t_mean_rank"):
@@ -437,7 +425,7 @@ def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, 
     assert "Traceback" not in stderr
     result = json.loads((run_dir / "result.json").read_text())
     assert result == {"status": "failed", "error": f"Interrupted: stopped by {name}"}
-    (run,) = wandb_runs(run_dir)
+    (run,) = inspect_wandb_runs(run_dir)
     assert run["state"] == "failed"
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "0").symlink_to(run_dir)  # as job 0 of a sweep, it is collected as failed
@@ -475,7 +463,7 @@ def test_preempted_run_checkpoints_stops_and_resumes_to_the_uninterrupted_result
     assert ours["epoch"] == ref["epoch"] == epochs - 1
     for name, value in ref["state_dict"].items():
         assert torch.equal(ours["state_dict"][name], value), name
-    runs = wandb_runs(run_dir)  # offline, a resumed run is a second offline-run-* dir with the same run id
+    runs = inspect_wandb_runs(run_dir)  # offline, a resumed run is a second offline-run-* dir with the same run id
     assert [r["run_id"] for r in runs] == [first, first]
     assert runs[-1]["state"] == "finished" and runs[-1]["summary"]["epoch"] == epochs - 1
     for key in ("val/i2t_R@1", "val/t2i_R@1", "val/loss"):

@@ -1,10 +1,7 @@
 """Sweeps end to end: sweep.py runs train.py -m, and the table equals what each W&B run recorded."""
 
 import csv
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +9,9 @@ import yaml
 
 from nanovlm import sweeps
 from nanovlm.config import ConfigError
-from tests.conftest import run_cli
-from tests.test_train import inspect_wandb_run
+from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-
-
-def wandb_run_record(run_dir: Path) -> dict:
-    """The "run" record of an offline W&B run (name, group, id) from its transaction log."""
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
-    wandb_cli = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_run)], capture_output=True, text=True)
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return next(r["run"] for r in records if r.get("type") == "run")
 
 
 def write_spec(tmp_path: Path, name: str, body: str) -> str:
@@ -53,7 +40,7 @@ def test_two_by_two_sweep_writes_runs_table_and_heatmap(tmp_path: Path) -> None:
     assert len({r["run_id"] for r in runs}) == 4 and len({r["name"] for r in runs}) == 4
     assert all(r["state"] == "finished" for r in runs)
     assert {r["config"]["logger"]["group"] for r in runs} == {sweep_dir.name}  # one W&B group per sweep
-    assert {wandb_run_record(d)["run_group"] for d in job_dirs} == {sweep_dir.name}
+    assert {wandb_records(d, "run")[0]["run_group"] for d in job_dirs} == {sweep_dir.name}
     settings = {(r["config"]["loss"]["temperature"], r["config"]["model"]["embed_dim"]) for r in runs}
     assert settings == {(0.05, 8), (0.05, 16), (0.1, 8), (0.1, 16)}
 
