@@ -131,6 +131,9 @@ def check_target_node(path: str, node: DictConfig) -> None:
     """Unknown keys (listing the allowed ones) and values of the wrong type, against the target's signature."""
     from hydra.utils import get_object
 
+    if "_target_" not in node:  # e.g. `+scheduler.x=1` under scheduler=none: an option without settings
+        keys = ", ".join(f"{path}.{k}" for k in node)
+        raise ConfigError(f"unknown key {keys}: the chosen {path} option takes no settings")
     target_path = node._target_
     try:
         target = get_object(target_path)

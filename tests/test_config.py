@@ -71,3 +71,13 @@ def test_the_wheel_ships_every_config(tmp_path) -> None:
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("nanovlm/conf/")}
     expected = {f"nanovlm/conf/{p.relative_to(CONFIG_DIR)}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert expected and expected <= shipped, sorted(expected - shipped)
+
+
+def test_a_key_under_an_option_without_settings_is_one_line(make_cfg) -> None:
+    """scheduler=none has no `_target_`: a key added under it is refused by name, not with omegaconf's error."""
+    from nanovlm import preflight
+    from nanovlm.config import ConfigError
+
+    cfg = make_cfg("+scheduler.nosuch_key=-1")
+    with pytest.raises(ConfigError, match=r"^unknown key scheduler\.nosuch_key: the chosen scheduler option takes"):
+        preflight.check_optimizer(cfg)
