@@ -6,17 +6,22 @@ from __future__ import annotations
 from torch import nn
 
 
+def _block_args(width: int, heads: int, mlp_ratio: float, dropout: float) -> dict:
+    """One block recipe for encoders and decoder: pre-norm (norm_first), batch first, GELU MLP."""
+    return {
+        "d_model": width,
+        "nhead": heads,
+        "dim_feedforward": round(width * mlp_ratio),
+        "dropout": dropout,
+        "activation": "gelu",
+        "batch_first": True,
+        "norm_first": True,
+    }
+
+
 def transformer_blocks(width: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.TransformerEncoder:
     """`depth` pre-norm (norm_first) self-attention blocks from torch, batch first, GELU MLP."""
-    block = nn.TransformerEncoderLayer(
-        d_model=width,
-        nhead=heads,
-        dim_feedforward=round(width * mlp_ratio),
-        dropout=dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
+    block = nn.TransformerEncoderLayer(**_block_args(width, heads, mlp_ratio, dropout))
     # The nested-tensor fast path only applies to post-norm layers; turning it off silences a warning.
     return nn.TransformerEncoder(block, num_layers=depth, enable_nested_tensor=False)
 
@@ -24,15 +29,7 @@ def transformer_blocks(width: int, depth: int, heads: int, mlp_ratio: float, dro
 def decoder_blocks(width: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> nn.TransformerDecoder:
     """`depth` pre-norm decoder blocks from torch (causal self-attention, cross-attention, GELU MLP), batch first,
     sized like `transformer_blocks`."""
-    block = nn.TransformerDecoderLayer(
-        d_model=width,
-        nhead=heads,
-        dim_feedforward=round(width * mlp_ratio),
-        dropout=dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
+    block = nn.TransformerDecoderLayer(**_block_args(width, heads, mlp_ratio, dropout))
     return nn.TransformerDecoder(block, num_layers=depth)
 
 
