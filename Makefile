@@ -36,7 +36,7 @@ train: install
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
-# The edit-test loop: unit tests only, no test marked slow (learning runs, scripts in subprocesses).
+# The edit-test loop: unit tests only, no test marked slow (learning runs, scripts in subprocesses, DDP processes).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 

@@ -1,16 +1,19 @@
 """Benchmark: what the Lightning training path costs over a minimal plain-PyTorch loop.
 
-    python -m nanovlm.bench                 # all four figures, several repeats; writes outputs/bench.md
+    python -m nanovlm.bench                 # all five figures, several repeats; writes outputs/bench.md
+    python -m nanovlm.bench --only e        # one figure: (e), the scenes epoch
     python -m nanovlm.bench --quick         # seconds: (a) and (c) only, 2 repeats, few epochs
 
-(a) steady-state seconds per epoch: `train()` exactly as train.py runs it (checkpoints, NaN guard, validation
-    every epoch; W&B off) vs `plain_run` below: the same model classes (`build_model`), optimizer, batches (same
-    DataLoader, same per-epoch seeds) and the same validation against the full 243 gallery;
+(a) steady-state seconds per epoch of the default model: `train()` exactly as train.py runs it (checkpoints, NaN
+    guard, validation every epoch; W&B off) vs `plain_run` below, the loop a researcher would write: the same model
+    classes (`build_model`), optimizer and schedule, the world's tensors indexed directly in the same shuffled
+    order (same per-epoch seeds), and its own validation against the whole gallery;
 (b) whole-process wall time to val R@1 >= 0.95: `python train.py stop_at_recall=0.95` vs `python -m nanovlm.bench
     --plain --stop-at 0.95`, imports included;
 (c) process start to the first training step of `python train.py`;
 (d) `python sweep.py sweep=temperature_dim`, serial vs `launcher=joblib`, and the ceiling that this machine's cores
-    put on that speed-up: one plain fit on all threads vs two fits at once on half the threads each.
+    put on that speed-up: one plain fit on all threads vs two fits at once on half the threads each;
+(e) as (a), on the scenes world with its headline model (mha text encoder, hard negatives, order held out).
 Machines are noisy, so every figure is a median with its range, and the ratios are the headline.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -88,24 +92,53 @@ class FirstStepClock(L.Callback):
 # --- The plain loop ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def plain_validate(model: torch.nn.Module, datamodule) -> float:
-    """val R@1, mean of both directions, each val query ranked against all 243 items (as DualEncoder does)."""
-    from nanovlm.metrics import true_item_rank
+def top1(scores: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Share of queries (rows) whose best true item outscores every false one; a tie counts against the query."""
+    best_true = scores.masked_fill(~true, float("-inf")).amax(dim=1, keepdim=True)
+    return ((scores >= best_true) & ~true).sum(dim=1).eq(0).float().mean()
 
+
+@torch.no_grad()
+def plain_validate(model: torch.nn.Module, world) -> dict[str, float]:
+    """val R@1 both ways against the world's whole gallery (every image, every distinct caption), and on a world
+    with hard negatives the share of val images whose caption outscores each kind of negative (as DualEncoder)."""
     model.eval()
-    gallery = datamodule.gallery()
-    gallery_images, gallery_texts = model(gallery["image"], gallery["tokens"])  # [243, D] each
-    idx = datamodule.val_idx
-    image_emb, text_emb = gallery_images[idx], gallery_texts[idx]  # [V, D] each: val items are gallery items
-    i2t = (true_item_rank(image_emb @ gallery_texts.T, idx) <= 1).float().mean()
-    t2i = (true_item_rank(text_emb @ gallery_images.T, idx) <= 1).float().mean()
+    gallery = world.gallery()
+    images = torch.cat(
+        [model.image_encoder(gallery["image"][i : i + 2048]) for i in range(0, len(gallery["image"]), 2048)]
+    )
+    texts = model.text_encoder(gallery["tokens"])  # [C, D]
+    caption_of = gallery["caption"]  # [N]
+    index = world.val_idx
+    caption = caption_of[index]  # [V] each val image's caption
+    i2t = top1(images[index] @ texts.T, torch.nn.functional.one_hot(caption, len(texts)).bool())
+    queries = caption.unique()  # a caption shown by several val images is one text query
+    t2i = top1(texts[queries] @ images.T, caption_of[None, :] == queries[:, None])
+    result = {"val/i2t_R@1": float(i2t), "val/t2i_R@1": float(t2i), "val/R@1": float((i2t + t2i) / 2)}
+    if world.negative_kinds:
+        negatives, valid = (world.caption_extras[k][caption] for k in ("negatives", "negative_valid"))  # [V, K, ...]
+        negative_emb = model.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [V, K, D]
+        true_scores = (images[index] * texts[caption]).sum(-1)  # [V]
+        wins = true_scores[:, None] > (images[index][:, None] * negative_emb).sum(-1)  # [V, K]
+        for k, kind in enumerate(world.negative_kinds):
+            result[f"val/hn_{kind}"] = float(wins[valid[:, k], k].float().mean())
     model.train()
-    return float((i2t + t2i) / 2)
+    return result
+
+
+def shuffle(n: int, base_seed: bool = True) -> torch.Tensor:
+    """A random order of n items from the global RNG, as DataLoader(shuffle=True) draws it: a base seed when its
+    iterator is made, then the sampler's seed at the first batch. The plain loop sees the same batches as train()."""
+    if base_seed:
+        torch.empty((), dtype=torch.int64).random_()
+    generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+    return torch.randperm(n, generator=generator)
 
 
 def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object]:
-    """Train `cfg`'s model with a bare loop: same seeds, batches, optimizer and validation as `train()`."""
+    """Train `cfg`'s model with the loop a researcher would write: the world's in-memory tensors indexed directly
+    (no DataLoader), the same model classes, optimizer and schedule, the same per-epoch shuffles as `train()`, and
+    a validation of its own (`plain_validate`)."""
     from hydra.utils import instantiate
 
     from nanovlm.checkpoints import epoch_seed
@@ -113,29 +146,46 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
 
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)  # same order of RNG draws as training.build()
+    world = instantiate(cfg.data)  # same order of RNG draws as training.build()
     model = build_model(cfg)
+    # The same parameter groups train() builds; the schedule is built here, over the steps this loop takes.
+    make_scheduler, model.scheduler_factory = model.scheduler_factory, None
     optimizer = model.configure_optimizers()
-    loader = datamodule.train_dataloader()
+    n, batch_size = len(world.train_idx), world.batch_size
+    total_steps = cfg.trainer.max_epochs * math.ceil(n / batch_size)
+    scheduler = make_scheduler(optimizer, total_steps=total_steps) if make_scheduler is not None else None
+    hard_negatives = getattr(model.loss, "hard_negatives", False)
     train_s: list[float] = []
     epoch_s: list[float] = []
-    recall = 0.0
-    torch.manual_seed(epoch_seed(cfg.seed, 0))
+    metrics: dict[str, float] = {"val/R@1": 0.0}
     for epoch in range(cfg.trainer.max_epochs):
         start = time.perf_counter()
-        for batch in loader:
-            image_emb, text_emb = model(batch["image"], batch["tokens"])
-            loss = model.loss(image_emb, text_emb)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # this epoch's shuffle, as ResumableRun seeds it
+        # With a schedule, Lightning makes epoch 0's iterator (its base-seed draw) while counting the schedule's
+        # steps, before train() seeds epoch 0; the sampler draws its seed at the first batch, after the seeding.
+        order = world.train_idx[shuffle(n, base_seed=epoch > 0 or scheduler is None)]
+        for i in range(0, n, batch_size):
+            index = order[i : i + batch_size]
+            caption = world.caption_of[index]
+            image_emb, text_emb = model(world.images[index], world.tokens[caption])
+            if hard_negatives:
+                negatives = model.text_encoder(world.caption_extras["negatives"][caption].flatten(0, 1))
+                loss = model.loss(
+                    image_emb, text_emb, negatives, world.caption_extras["negative_valid"][caption].flatten()
+                )
+            else:
+                loss = model.loss(image_emb, text_emb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch + 1))  # next epoch's shuffle, as ResumableRun does
+            if scheduler is not None:
+                scheduler.step()
         train_s.append(time.perf_counter() - start)
-        recall = plain_validate(model, datamodule)
+        metrics = plain_validate(model, world)
         epoch_s.append(time.perf_counter() - start)
-        if stop_at is not None and recall >= stop_at:
+        if stop_at is not None and metrics["val/R@1"] >= stop_at:
             break
-    return {"epochs": len(epoch_s), "val/R@1": recall, "train_s": train_s, "epoch_s": epoch_s}
+    return {"epochs": len(epoch_s), **metrics, "train_s": train_s, "epoch_s": epoch_s}
 
 
 def lightning_run(cfg: DictConfig) -> dict[str, object]:
@@ -145,7 +195,8 @@ def lightning_run(cfg: DictConfig) -> dict[str, object]:
     timer = EpochTimer()
     metrics = train(cfg, extra_callbacks=[timer])
     train_s, epoch_s = timer.times()
-    return {"epochs": len(epoch_s), "val/R@1": metrics["val/R@1"], "train_s": train_s, "epoch_s": epoch_s}
+    val = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    return {"epochs": len(epoch_s), **val, "train_s": train_s, "epoch_s": epoch_s}
 
 
 # --- Statistics and the table --------------------------------------------------------------------------------------
@@ -184,11 +235,25 @@ def markdown(rows: Sequence[Row], header: str) -> str:
 # --- The four figures ----------------------------------------------------------------------------------------------
 
 
-def bench_epochs(epochs: int, repeats: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
-    """(a): in-process, alternating Lightning and plain runs so that background load hits both alike."""
+# The worlds (a) and (e) time: the default model on the seed world; the scenes headline model (docs/scenes.md),
+# validating every epoch so that each timed epoch holds a validation.
+EPOCH_BENCH = {
+    "(a)": ("shapes", []),
+    "(e)": (
+        "scenes",
+        ["data=scenes", "data.split=order_holdout", "text_encoder=mha", "loss.hard_negatives=true",
+         "trainer.check_val_every_n_epoch=1", "plots=none"],
+    ),
+}  # fmt: skip
+
+
+def bench_epochs(epochs: int, repeats: int, tmp: Path, figure: str = "(a)") -> tuple[list[Row], dict[str, float]]:
+    """(a) or (e): in-process, alternating Lightning and plain runs so that background load hits both alike."""
+    world, overrides = EPOCH_BENCH[figure]
     runs: dict[str, list[dict]] = {"lightning": [], "plain": []}
     for r in range(repeats):
-        cfg = compose_cfg(f"run_dir={tmp / f'epochs{r}'}", "logger=none", f"trainer.max_epochs={epochs}", *QUIET)
+        run_dir = f"run_dir={tmp / f'{world}{r}'}"
+        cfg = compose_cfg(run_dir, "logger=none", f"trainer.max_epochs={epochs}", *overrides, *QUIET)
         runs["lightning"].append(lightning_run(cfg))
         runs["plain"].append(plain_run(cfg))
     rows: list[Row] = []
@@ -197,13 +262,19 @@ def bench_epochs(epochs: int, repeats: int, tmp: Path) -> tuple[list[Row], dict[
         lit = [steady(run[key]) for run in runs["lightning"]]
         plain = [steady(run[key]) for run in runs["plain"]]
         text, ratio = ratio_cell(lit, plain)
-        ratios[f"(a) {label}"] = ratio
+        ratios[f"{figure} {label}"] = ratio
         rows.append(
-            (f"(a) {label} ({epochs} epochs, W&B off)", cell(lit), f"plain loop {cell(plain)}", text, f"<= {target}x")
+            (
+                f"{figure} {world}: {label} ({epochs} epochs, W&B off)",
+                cell(lit),
+                f"plain loop {cell(plain)}",
+                text,
+                f"<= {target}x",
+            )
         )
     same = all(abs(a["val/R@1"] - b["val/R@1"]) < 1e-6 for a, b in zip(runs["lightning"], runs["plain"], strict=True))
-    ratios["same_result"] = float(same)  # same seeds, batches and maths: the two loops must agree
-    rows.append(("(a) final val R@1 identical in both loops", "yes" if same else "NO", "", "", "yes"))
+    ratios[f"{figure} same_result"] = float(same)  # same seeds, batches and maths: the two loops must agree
+    rows.append((f"{figure} {world}: final val R@1 identical in both loops", "yes" if same else "NO", "", "", "yes"))
     return rows, ratios
 
 
@@ -290,14 +361,17 @@ def bench_sweep(epochs: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
     return [row], {"(d) sweep speedup": speedup}
 
 
-def bench_parallel_bound(epochs: int, repeats: int) -> tuple[list[Row], dict[str, float]]:
+def bench_parallel_bound(
+    epochs: int, repeats: int, command: Sequence[str] | None = None
+) -> tuple[list[Row], dict[str, float]]:
     """An estimate of (d)'s ceiling on this machine: the plain loop's fit (train + val) on all cores, what one
     serial job gets, vs two fits at once on cores // 2 threads each, what two parallel jobs get. Side by side,
     fitting runs about 2 x t(one fit, all threads) / t(two fits at once, half the threads each) faster; the
     single-threaded rest of a job (pictures, set-up, Lightning's Python) can gain up to 2x on 2 cores."""
     cores = os.cpu_count() or 1
     half = max(1, cores // 2)
-    plain = [sys.executable, "-m", "nanovlm.bench", "--plain", f"trainer.max_epochs={epochs}"]
+    # `command` (the plain loop's by default) prints a JSON line with "time/fit_s" and takes torch_threads=N last.
+    plain = list(command or [sys.executable, "-m", "nanovlm.bench", "--plain", f"trainer.max_epochs={epochs}"])
 
     def fit_seconds(*procs: subprocess.Popen) -> list[float]:
         outs = [p.communicate()[0] for p in procs]
@@ -323,29 +397,39 @@ def bench_parallel_bound(epochs: int, repeats: int) -> tuple[list[Row], dict[str
     return [row], {"(d) parallel ceiling": bound}
 
 
-def run_bench(quick: bool, out: Path | None, sweep_epochs: int = 30) -> tuple[str, dict[str, float]]:
-    """Run the figures, return (Markdown table, headline numbers); write the table to `out`."""
+def both(*parts: tuple[list[Row], dict[str, float]]) -> tuple[list[Row], dict[str, float]]:
+    """Several figures' (rows, numbers) as one."""
+    return [row for rows, _ in parts for row in rows], {k: v for _, numbers in parts for k, v in numbers.items()}
+
+
+def run_bench(
+    quick: bool, out: Path | None, sweep_epochs: int = 30, only: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """Run the figures (those of `only`, e.g. "ae", if given), return (Markdown table, headline numbers); write the
+    table to `out`."""
     rows: list[Row] = []
     numbers: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="nanovlm-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        parts: list[Callable[[], tuple[list[Row], dict[str, float]]]] = (
-            [lambda: bench_epochs(3, 2, tmp), lambda: bench_first_step(1, tmp, loggers=("none",))]
+        parts: dict[str, Callable[[], tuple[list[Row], dict[str, float]]]] = (
+            {"a": lambda: bench_epochs(3, 2, tmp), "c": lambda: bench_first_step(1, tmp, loggers=("none",))}
             if quick
-            else [
-                lambda: bench_epochs(20, 5, tmp),
-                lambda: bench_time_to_target(0.95, 3, tmp),
-                lambda: bench_first_step(3, tmp),
-                lambda: bench_sweep(sweep_epochs, tmp),
-                lambda: bench_parallel_bound(sweep_epochs, 3),
-            ]
+            else {
+                "a": lambda: bench_epochs(20, 5, tmp),
+                "b": lambda: bench_time_to_target(0.95, 3, tmp),
+                "c": lambda: bench_first_step(3, tmp),
+                "d": lambda: both(bench_sweep(sweep_epochs, tmp), bench_parallel_bound(sweep_epochs, 3)),
+                "e": lambda: bench_epochs(3, 3, tmp, "(e)"),
+            }
         )
-        for part in parts:
+        for letter, part in parts.items():
+            if only is not None and letter not in only:
+                continue
             part_rows, part_numbers = part()
             rows += part_rows
             numbers.update(part_numbers)
             print("\n".join("| " + " | ".join(r) + " |" for r in part_rows), flush=True)
-    command = f"python -m nanovlm.bench{' --quick' if quick else ''}"
+    command = f"python -m nanovlm.bench{' --quick' if quick else ''}{f' --only {only}' if only else ''}"
     header = f"`{command}` on {os.cpu_count()} CPU cores, torch {torch.__version__}, Lightning {L.__version__}"
     table = markdown(rows, header)
     if out is not None:
@@ -361,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=Path("outputs/bench.md"), help="Markdown table (default outputs/bench.md)"
     )
     parser.add_argument("--sweep-epochs", type=int, default=30, help="trainer.max_epochs of each sweep job in (d)")
+    parser.add_argument("--only", default=None, help="the figures to run, e.g. --only e (the scenes epoch)")
     parser.add_argument("--plain", action="store_true", help="just run the plain loop (what (b) times)")
     parser.add_argument("--stop-at", type=float, default=None, help="with --plain: stop at this val R@1")
     parser.add_argument("overrides", nargs="*", help="with --plain: Hydra overrides, e.g. model.embed_dim=16")
@@ -371,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps({"epochs": result["epochs"], "val/R@1": result["val/R@1"], "time/fit_s": sum(result["epoch_s"])})
         )
         return 0
-    table, _ = run_bench(args.quick, args.out, args.sweep_epochs)
+    table, _ = run_bench(args.quick, args.out, args.sweep_epochs, args.only)
     print(table)
     return 0
 

@@ -81,8 +81,9 @@ def embedding_bands(
 ) -> Path:
     """Heatmaps of the embedding vectors, items x dims, images beside texts (before above after).
 
-    Items are in the dataset order, colour-major, so an attribute the model encodes shows up as
-    horizontal bands; after training the image and text bands of a pair should match.
+    Items are in the world's caption order, grouped by the caption's first word (a colour in both worlds), so an
+    attribute the model encodes shows up as horizontal bands; after training the image and text bands of a pair
+    should match.
     """
     plt = _pyplot()
     stages = [("before training", before), ("after training", after)] if before is not None else [("", after)]
@@ -101,7 +102,7 @@ def embedding_bands(
             if captions is not None:  # name each first-word block (the colour) at its middle
                 ax.set_yticks(*_block_ticks([c.split()[0] for c in captions]))
             if col == 0:
-                ax.set_ylabel("item (dataset order: colour, shape, position)")
+                ax.set_ylabel("item (caption order, blocks: its first word)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="value (unit vectors)")
     return _save(fig, path, tight=False)
 

@@ -1,7 +1,8 @@
 """Shared fixtures and helpers: the composed config shrunk for tests, each test in its own run dir; running the
 top-level scripts as a user would; reading an offline W&B run back.
 
-Tests marked `slow` train to convergence or run whole scripts in subprocesses; `make test-fast` skips them.
+Tests marked `slow` train to convergence, run a script in a subprocess, start several processes (DDP) or draw many
+random configs; `make test-fast` skips them.
 """
 
 from __future__ import annotations

@@ -166,6 +166,7 @@ def _check_outcome(overrides: list[str]) -> None:
     assert 0.0 <= metrics["val/R@1"] <= 1.0, (overrides, metrics)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(override_sets())
 def test_random_overrides_train_or_fail_with_one_line_naming_a_key(overrides: list[str]) -> None:
@@ -183,6 +184,7 @@ def test_known_bad_sets_fail_in_process(overrides: list[str]) -> None:
     _check_outcome(["loss.temperature=0.1"])
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, derandomize=True)
 @given(override_sets())
 def test_random_overrides_through_train_py(overrides: list[str]) -> None:

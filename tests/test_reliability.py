@@ -302,7 +302,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path: Pat
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path) -> None:
     epochs = 8
-    args = [*TINY, f"trainer.max_epochs={epochs}", "checkpoint_every_s=0"]  # last.ckpt every epoch
+    args = [*TINY, f"trainer.max_epochs={epochs}", "checkpoint_every_s=0", "plots=none"]  # last.ckpt every epoch
     # The run to interrupt: SIGKILL as soon as the second epoch's checkpoint is on disk.
     killed_dir = tmp_path / "killed"
     env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -411,6 +411,7 @@ def signal_after_epoch(proc: subprocess.Popen, run_dir: Path, signum: int, epoch
 SIGNAL_CASES = [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), SIGNAL_CASES, ids=["SIGTERM", "SIGINT"])
 def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, code: int) -> None:
     run_dir = tmp_path / "run"

@@ -294,6 +294,7 @@ def scenes_run(tmp_path_factory: pytest.TempPathFactory):
     return run_dir, train(cfg)
 
 
+@pytest.mark.slow
 def test_a_scenes_run_logs_hard_negative_accuracy_and_draws_its_pictures(scenes_run) -> None:
     run_dir, metrics = scenes_run
     for kind in NEGATIVE_KINDS:
@@ -303,6 +304,7 @@ def test_a_scenes_run_logs_hard_negative_accuracy_and_draws_its_pictures(scenes_
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 5000, name
 
 
+@pytest.mark.slow
 def test_evaluate_agrees_with_validation_on_scenes(scenes_run, tmp_path) -> None:
     """The same 4 x 128 val images that validation saw (limit_val_batches=4) give the same recall and hard-negative
     accuracy through nanovlm.evaluate's functions, and score_pairs gives validation's cosines."""

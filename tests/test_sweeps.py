@@ -11,7 +11,7 @@ from nanovlm import sweeps
 from nanovlm.config import ConfigError
 from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
-FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "plots=none"]
 
 
 def write_spec(tmp_path: Path, name: str, body: str) -> str:
