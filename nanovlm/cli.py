@@ -104,6 +104,10 @@ def hydra_errors() -> Iterator[None]:
         yield
     except (ConfigError, MissingConfigException, ConfigCompositionException, OverrideParseException) as exc:
         fail(one_line(exc), BAD_INPUT)
+    except ValueError as exc:  # Hydra's own command-line checks, e.g. `-m --cfg job` (one of the two, not both)
+        if _job_started:
+            raise
+        fail(one_line(exc), BAD_INPUT)
     except OSError as exc:
         if exc.filename is None or _job_started:
             raise

@@ -61,6 +61,7 @@ CLI_CASES = [
     Case("train.py trainer.devices=0", 2, "trainer.devices=0 is refused by Lightning"),
     Case("train.py ckpt_path=/no/such.ckpt", 2, "ckpt_path=/no/such.ckpt: no such checkpoint file"),
     Case("train.py hydra.run.dir=/dev/null/run", 2, "hydra.run.dir: cannot create or write /dev/null/run", True),
+    Case("train.py -m --cfg job", 2, "Only one of --run, --multirun, --cfg, --info and --shell_completion", True),
     Case("sweep.py sweep=nosuch", 2, "unknown sweep sweep=nosuch; available: ", True),
     Case("sweep.py --collect no/such/dir", 2, "--collect no/such/dir: no such directory", True),
 ]
@@ -101,6 +102,7 @@ def in_process_line(case: Case, tmp_path: Path) -> str:
     return "(no error)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CLI_CASES if c.subprocess], ids=lambda c: c.command)
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: Case) -> None:
     skip_gpu_case_on_a_gpu_machine(case)
