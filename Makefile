@@ -36,9 +36,10 @@ train: install
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
-# The edit-test loop: unit tests only, no test marked slow (learning runs, scripts in subprocesses, DDP processes).
+# The edit-test loop: unit tests only, none marked slow (learning runs, scripts in subprocesses, DDP processes) or
+# integration (a few epochs of train() in-process).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not integration" $(ARGS)
 
 test-min: install-min
 	$(MIN_BIN)/python -m pytest $(ARGS)

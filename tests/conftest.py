@@ -2,7 +2,8 @@
 top-level scripts as a user would; reading an offline W&B run back.
 
 Tests marked `slow` train to convergence, run a script in a subprocess, start several processes (DDP) or draw many
-random configs; `make test-fast` skips them.
+random configs; tests marked `integration` train in-process for a few epochs. `make test-fast` skips both; CI runs
+everything at the newest versions and all but the slow tests at the floors.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class SpyLogger(Logger):
         self.heard.append((path.name, torch.load(path, weights_only=False)["epoch"]))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("every_s", [0, 1e6])
 def test_loggers_hear_of_every_checkpoint_written(make_cfg, monkeypatch, every_s: float) -> None:
     """Each file put on disk, last.ckpt or best.ckpt, buffered or not, is announced to the loggers once it is
@@ -101,6 +102,7 @@ class Recorder(pl.Callback):
         self.recalls.append(float(trainer.callback_metrics["val/R@1"]))
 
 
+@pytest.mark.integration
 def test_a_deferred_best_checkpoint_holds_the_best_epochs_weights(make_cfg) -> None:
     """With every write deferred to the end, best.ckpt must still be the state of the best epoch (not of the
     epoch it was written in): the same recall as last.ckpt only if the last epoch was the best."""

@@ -28,6 +28,7 @@ def test_each_option_composes_and_builds(make_cfg, choice: str) -> None:
     instantiate(cfg.data)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("combo", list(itertools.product(options("encoder"), options("text_encoder"), options("loss"))))
 def test_model_combinations_build(make_cfg, combo: tuple[str, str, str]) -> None:
     encoder, text_encoder, loss = combo

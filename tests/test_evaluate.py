@@ -28,6 +28,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return run_dir / "checkpoints" / "last.ckpt", metrics
 
 
+@pytest.mark.integration
 def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) -> None:
     ckpt, metrics = short_run
     model, config = load_model(ckpt)
@@ -83,6 +84,7 @@ def test_retrieval_on_hand_built_embeddings() -> None:
     assert retrieval(text, text, torch.arange(243))["t2i_R@1"] == 1.0
 
 
+@pytest.mark.integration
 def test_evaluate_writes_metrics_pictures_and_demo(short_run, tmp_path: Path, capsys) -> None:
     ckpt, metrics = short_run
     out = evaluate(EvalConfig(ckpt=str(ckpt), out=str(tmp_path), query="red circle top-left", image="17", top_k=3))
@@ -99,6 +101,7 @@ def test_evaluate_writes_metrics_pictures_and_demo(short_run, tmp_path: Path, ca
     assert "val (49)" in printed and "'red circle top-left' -> top 3 images" in printed
 
 
+@pytest.mark.integration
 def test_image_file_gives_the_same_captions_as_its_gallery_index(short_run, tmp_path: Path) -> None:
     from nanovlm.data import render
 
@@ -110,6 +113,7 @@ def test_image_file_gives_the_same_captions_as_its_gallery_index(short_run, tmp_
     assert by_file["image"]["captions"] == by_index["image"]["captions"]
 
 
+@pytest.mark.integration
 def test_bad_inputs_give_a_clear_error_and_exit_code(short_run, tmp_path: Path, capsys) -> None:
     ckpt, _ = short_run
     corrupt = tmp_path / "corrupt.ckpt"

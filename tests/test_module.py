@@ -88,6 +88,7 @@ def test_warmup_cosine_follows_its_formula() -> None:
         warmup_cosine(optimizer, 10, warmup_fraction=1.5)
 
 
+@pytest.mark.integration
 def test_scheduler_group_composes_and_steps_per_batch(make_cfg) -> None:
     cfg = make_cfg("scheduler=cosine", "trainer.max_epochs=2", "optimizer.lr=0.01")
     metrics = train(cfg)

@@ -56,7 +56,11 @@ def test_sphere_needs_three_dims(tmp_path: Path) -> None:
         plots.sphere_scatter(tmp_path / "s.png", *random_embeddings(dim=4), all_triples())
 
 
-def test_draw_embedding_pictures_adds_the_sphere_only_in_3d(tmp_path: Path) -> None:
+def test_draw_embedding_pictures_adds_the_sphere_only_in_3d(tmp_path: Path, monkeypatch) -> None:
+    # Which pictures, not how they look (test_every_picture_function_writes_a_png draws each): stand-ins that
+    # only return their path.
+    for name in ("embedding_bands", "similarity_matrix", "pca_scatter", "sphere_scatter"):
+        monkeypatch.setattr(plots, name, lambda path, *args, **kwargs: path)
     _, _, captions = build_tensors()
     flat = plots.draw_embedding_pictures(tmp_path / "d8", random_embeddings(dim=8), captions, all_triples())
     ball = plots.draw_embedding_pictures(tmp_path / "d3", random_embeddings(dim=3), captions, all_triples())

@@ -8,6 +8,7 @@ Never a traceback, never a hang: every run is capped at one epoch of at most 4 s
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import tempfile
@@ -68,8 +69,10 @@ def _leaves(node, prefix: str = "") -> list[str]:
     return keys
 
 
-def _tree() -> tuple[list[str], dict[str, list[str]]]:
-    """Every leaf key of the default config (plus the options' own keys), and every group's options."""
+@functools.cache
+def tree() -> tuple[list[str], dict[str, list[str]]]:
+    """Every leaf key of the default config (plus the options' own keys), and every group's options. Built on
+    first use (it composes every option), not at collection: `make test-fast` does not draw."""
     groups = {
         d.name: sorted(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
         for d in sorted(CONFIG_DIR.iterdir())
@@ -82,8 +85,6 @@ def _tree() -> tuple[list[str], dict[str, list[str]]]:
             keys |= set(_leaves(_compose([*BASE, f"{group}={option}"])))
     return sorted(keys), groups
 
-
-KEYS, GROUPS = _tree()
 
 
 def _render(value) -> str:
@@ -108,19 +109,20 @@ def _value_override(key: str, draw) -> str:
 @st.composite
 def override_sets(draw, unsafe_free_only: bool = False) -> list[str]:
     """1-3 overrides: a key with a value, an unknown key (with or without +), or a group option (or a made-up one)."""
+    keys, groups = tree()
     overrides = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["value", "value", "value", "unknown", "group"]))
         if kind == "value":
-            overrides.append(_value_override(draw(st.sampled_from(KEYS)), draw))
+            overrides.append(_value_override(draw(st.sampled_from(keys)), draw))
         elif kind == "unknown":
-            section = draw(st.sampled_from(["", *sorted(GROUPS), "model."]))
+            section = draw(st.sampled_from(["", *sorted(groups), "model."]))
             section = f"{section}." if section and not section.endswith(".") else section
             plus = draw(st.sampled_from(["", "+"]))
             overrides.append(f"{plus}{section}nosuch_key={_render(draw(st.sampled_from(GENERIC_VALUES)))}")
         else:
-            group = draw(st.sampled_from(sorted(GROUPS)))
-            overrides.append(f"{group}={draw(st.sampled_from([*GROUPS[group], 'nosuch']))}")
+            group = draw(st.sampled_from(sorted(groups)))
+            overrides.append(f"{group}={draw(st.sampled_from([*groups[group], 'nosuch']))}")
     return overrides
 
 
@@ -204,7 +206,9 @@ def test_random_overrides_through_train_py(overrides: list[str]) -> None:
         assert result.returncode == 1 or len(lines) == 1, (overrides, result.stderr[-3000:])
 
 
+@pytest.mark.slow  # composes every option of every group, as the random-override tests above do
 def test_the_drawn_tree_covers_every_group_and_fixed_key() -> None:
-    assert {"encoder", "text_encoder", "loss", "optimizer", "scheduler", "trainer", "data"} <= set(GROUPS)
-    assert {"model.embed_dim", "data.batch_size", "trainer.max_epochs", "loss.temperature", "optimizer.lr"} <= set(KEYS)
+    keys, groups = tree()
+    assert {"encoder", "text_encoder", "loss", "optimizer", "scheduler", "trainer", "data"} <= set(groups)
+    assert {"model.embed_dim", "data.batch_size", "trainer.max_epochs", "loss.temperature", "optimizer.lr"} <= set(keys)
     assert OmegaConf.is_list(ListConfig([]))  # the list override syntax used above composes

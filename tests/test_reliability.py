@@ -69,10 +69,9 @@ CLI_CASES = [
 
 def run_case(case: Case, tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
     script, *args = case.command.split()
-    if script == "train.py":
-        args = [*QUIET, *args] + (
-            [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={run_dir}"]
-        )
+    if script == "train.py":  # the test's settings first: Hydra's flags (-m, --cfg) may not be followed by overrides
+        own_dir = any(a.startswith("hydra.run.dir=") for a in args)
+        args = [*QUIET, *([] if own_dir else [f"hydra.run.dir={run_dir}"]), *args]
     env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -153,6 +152,7 @@ def test_bad_value_raises_config_error_before_any_run_dir(make_cfg, tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_max_epochs_minus_one_means_no_epoch_limit(make_cfg) -> None:
     """Lightning's -1 is accepted: the run ends at max_steps (6 steps: 1.5 epochs of 4 batches)."""
     cfg = make_cfg(*TINY, "trainer.max_epochs=-1", "+trainer.max_steps=6", "plots=none")
@@ -199,6 +199,7 @@ def trained_run(make_cfg, tmp_path: Path) -> Path:
     return tmp_path / "trained"
 
 
+@pytest.mark.integration
 def test_corrupt_and_mismatched_checkpoints_are_refused(make_cfg, trained_run: Path, tmp_path: Path) -> None:
     last = trained_run / "checkpoints" / "last.ckpt"
     truncated = tmp_path / "truncated.ckpt"
@@ -267,6 +268,7 @@ def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.integration
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch) -> None:
     calls = {"n": 0}
     forward = ClipLoss.forward
@@ -294,6 +296,7 @@ def _val_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith(("val/", "train/"))}
 
 
+@pytest.mark.integration
 def test_same_seed_same_metrics_other_seed_other_metrics(make_cfg, tmp_path: Path) -> None:
     runs = [train(make_cfg(*TINY, "trainer.max_epochs=2", f"seed={s}", f"run_dir={tmp_path / str(i)}"))
             for i, s in enumerate((0, 0, 1))]  # fmt: skip
@@ -347,6 +350,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(make_cfg, tmp_path: Path
         assert after["summary"][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-7), key
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("every_s", "expected_epochs"), [(1e6, [0, 3]), (0, [0, 1, 2, 3])])
 def test_checkpoints_are_written_at_most_every_n_seconds_and_at_the_end(
     make_cfg, monkeypatch, every_s: float, expected_epochs: list[int]

@@ -54,6 +54,7 @@ def test_default_config_learns_to_high_recall(make_cfg) -> None:
     assert state["epoch"] == cfg.trainer.max_epochs - 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("monitor", ["val/loss", "val/R@1", "train/loss"])
 def test_config_callbacks_can_monitor_the_epoch_metrics(make_cfg, monitor: str) -> None:
     """Metrics a user's EarlyStopping or ModelCheckpoint can watch must go through self.log (callback_metrics),
@@ -66,6 +67,7 @@ def test_config_callbacks_can_monitor_the_epoch_metrics(make_cfg, monitor: str) 
     assert math.isfinite(train(cfg)[monitor])
 
 
+@pytest.mark.integration
 def test_gradient_clipping_under_mixed_precision_runs_with_the_fused_optimizer_config(make_cfg) -> None:
     """Fused Adam unscales gradients itself, so Lightning refuses to clip them under mixed precision; the model
     then builds the unfused step (with a warning) instead of crashing."""
