@@ -86,7 +86,6 @@ def tree() -> tuple[list[str], dict[str, list[str]]]:
     return sorted(keys), groups
 
 
-
 def _render(value) -> str:
     """A value in Hydra's override syntax."""
     if value is None:
