@@ -22,6 +22,14 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 DECAYED_LAYERS = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 
 
+def check_hard_negatives(loss: nn.Module, world: Any) -> None:
+    """`loss.hard_negatives=true` trains on the world's generated negative captions: a world without them is
+    refused (ValueError), by `training.build` before any run starts and by `DualEncoder.setup` for other callers."""
+    if getattr(loss, "hard_negatives", False) and not getattr(world, "negative_kinds", ()):
+        world_name = f"{type(world).__module__}.{type(world).__qualname__}" if world is not None else "no datamodule"
+        raise ValueError(f"loss.hard_negatives=true needs a world with hard negatives (data=scenes), got {world_name}")
+
+
 def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decay, no_decay): trainable parameters split as in nanoGPT/open_clip."""
     decay, no_decay = [], []
@@ -71,9 +79,8 @@ class DualEncoder(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        check_hard_negatives(self.loss, datamodule)
         kinds = tuple(getattr(datamodule, "negative_kinds", ()))
-        if getattr(self.loss, "hard_negatives", False) and not kinds:
-            raise ValueError("loss.hard_negatives=true needs a world with hard negatives (data=scenes)")
         if kinds and self.val_hn is None:
             self.val_hn = HardNegativeAccuracy(kinds).to(self.device)
 

@@ -25,7 +25,7 @@ from nanovlm.cli import write_result
 from nanovlm.config import ConfigError, hydra_runtime, validate
 from nanovlm.data import WorldDataModule
 from nanovlm.guards import NonFiniteLossGuard, Preempted, Preemption
-from nanovlm.module import DualEncoder
+from nanovlm.module import DualEncoder, check_hard_negatives
 
 
 def build_model(cfg: DictConfig) -> DualEncoder:
@@ -66,10 +66,7 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any]
     try:
         datamodule: WorldDataModule = instantiate(cfg.data)
         model = build_model(cfg)
-        if getattr(model.loss, "hard_negatives", False) and not datamodule.negative_kinds:
-            raise ConfigError(
-                f"loss.hard_negatives=true needs a world with hard negatives (data=scenes), got {cfg.data._target_}"
-            )
+        check_hard_negatives(model.loss, datamodule)  # a ValueError: one ConfigError line below
     except InstantiationException as exc:
         raise _as_config_error(exc) from None
     except ValueError as exc:
