@@ -36,7 +36,7 @@ train: install
 test: install
 	$(BIN)/python -m pytest $(ARGS)
 
-# The edit-test loop: unit tests only, none marked slow (learning runs, scripts in subprocesses, DDP processes) or
+# The edit-test loop: unit tests only, none marked slow (learning runs, scripts in subprocesses, Lightning's DDP spawn) or
 # integration (a few epochs of train() in-process).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not integration" $(ARGS)

@@ -1,9 +1,10 @@
 """Shared fixtures and helpers: the composed config shrunk for tests, each test in its own run dir; running the
 top-level scripts as a user would; reading an offline W&B run back.
 
-Tests marked `slow` train to convergence, run a script in a subprocess, start several processes (DDP) or draw many
-random configs; tests marked `integration` train in-process for a few epochs. `make test-fast` skips both; CI runs
-everything at the newest versions and all but the slow tests at the floors.
+Tests marked `slow` train to convergence, run a script in a subprocess, spawn Lightning's DDP processes or draw
+many random configs; tests marked `integration` train in-process for a few epochs. `make test-fast` skips both;
+CI runs everything at the newest versions and all but the slow tests at the floors. The collectives tests of
+test_distributed.py fork their two processes and stay unmarked: they take well under a second.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def default_cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python train.py trainer.max_epochs=2 logger.log_model=true` as a user types it, W&B offline and not
+    silenced: one run (a process start costs seconds) shared by the tests that read what it printed
+    (test_console.py) and what it wrote (test_train.py). Returns its run dir and the finished process."""
+    cwd = tmp_path_factory.mktemp("default_cli_run")
+    run_dir = cwd / "run"
+    result = run_cli(
+        "train.py", "trainer.max_epochs=2", "logger.log_model=true", f"hydra.run.dir={run_dir}", cwd=cwd,
+        wandb_silent=False, env={"WANDB_DATA_DIR": str(cwd / "wandb-data")},  # W&B stages artifacts there, not in ~
+    )  # fmt: skip
+    return run_dir, result
 
 
 def _wandb_inspect(wandb_run: Path, *options: str) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import pytest
 
 from nanovlm.console import NotFrom
-from tests.conftest import run_cli
 
 UNWANTED = {
     "W&B's warning about a deprecated setting Lightning passes": "anonymous setting",
@@ -23,11 +21,8 @@ UNWANTED = {
 
 
 @pytest.mark.slow
-def test_a_default_run_prints_each_line_once_and_nothing_to_ignore(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "train.py", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, wandb_silent=False, timeout=300
-    )
+def test_a_default_run_prints_each_line_once_and_nothing_to_ignore(default_cli_run) -> None:
+    run_dir, result = default_cli_run
     assert result.returncode == 0, result.stderr[-3000:]
     printed = result.stdout + result.stderr
     for what, text in UNWANTED.items():

@@ -25,12 +25,17 @@ def _free_port() -> int:
 
 
 def _run_in_two_processes(fn, *args) -> list:
-    """Run fn(rank, world_size, *args) in 2 gloo processes; return what each rank returned."""
+    """Run fn(rank, world_size, *args) in 2 gloo processes; return what each rank returned.
+
+    The processes are forked, not spawned: they inherit this process's imports instead of paying torch's and
+    Lightning's start-up again (about 5 s each on a 2-core machine), and what these tests check (collectives,
+    gradients, metric sync) does not depend on how a process started. Training under Lightning's own spawn is
+    tested in test_checkpoints.py."""
     port = _free_port()
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_worker, args=(2, port, fn, args, results), nprocs=2, join=True)
-    return [results[r] for r in range(2)]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_worker, args=(2, port, fn, args, results), nprocs=2, join=True, start_method="fork")
+        return [results[r] for r in range(2)]
 
 
 def _worker(rank: int, world: int, port: int, fn, args, results) -> None:
@@ -52,7 +57,6 @@ def _recall_on_shards(rank: int, world: int, scores: torch.Tensor, targets: torc
     return {k: v.item() for k, v in metric.compute().items()}
 
 
-@pytest.mark.slow
 def test_recall_under_two_processes_counts_each_query_once() -> None:
     torch.manual_seed(0)
     scores, targets = torch.randn(5, 7), torch.tensor([0, 3, 6, 2, 5])
@@ -127,7 +131,6 @@ def _two_rank_step(rank: int, world: int, loss_name: str, images: torch.Tensor, 
     return _loss_and_grads(loss_name, images, texts, rank, world, *hn)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss_name", ["clip", "siglip"])
 def test_two_processes_match_one_process_with_the_doubled_batch(loss_name: str) -> None:
     torch.manual_seed(1)
@@ -167,7 +170,6 @@ def _hard_negative_steps(rank: int, world: int, *inputs) -> dict:
     return {name: _loss_and_grads(name, inputs[0], inputs[1], rank, world, *inputs[2:]) for name in ("clip", "siglip")}
 
 
-@pytest.mark.slow
 def test_hard_negatives_under_two_processes_match_one_process() -> None:
     """Each rank's extra texts are gathered with gradients like its captions: 2 x 4 images with their 3 negatives
     each train exactly like 8 images with all 24 negatives in one process (CLIP and SigLIP, one spawn)."""

@@ -8,32 +8,29 @@ import pytest
 import torch
 
 from nanovlm.training import train
-from tests.conftest import inspect_wandb_run, run_cli, wandb_records
+from tests.conftest import inspect_wandb_run, wandb_records
 
 
 @pytest.mark.slow
-def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "train.py", "encoder=cnn", "loss=clip", "trainer.max_epochs=3", "model.embed_dim=16",
-        "loss.temperature=0.05", "logger.log_model=true", f"hydra.run.dir={run_dir}", cwd=tmp_path,
-        env={"WANDB_DATA_DIR": str(tmp_path / "wandb-data")}, timeout=300,  # W&B stages artifacts there, not in ~
-    )  # fmt: skip
+def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(default_cli_run, make_cfg) -> None:
+    run_dir, result = default_cli_run
+    defaults = make_cfg()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final val R@1" in result.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     run = inspect_wandb_run(run_dir)
     assert run["state"] == "finished" and run["project"] == "nanovlm" and run["name"] == "cnn-mean-clip"
-    assert run["config"]["model"]["embed_dim"] == 16 and run["config"]["loss"]["temperature"] == 0.05
+    assert run["config"]["model"]["embed_dim"] == defaults.model.embed_dim  # the composed config, as W&B's config
+    assert run["config"]["loss"]["temperature"] == defaults.loss.temperature
     assert run["config"]["encoder"]["_target_"] == "nanovlm.encoders.image.CNNEncoder"
     summary = run["summary"]
-    assert summary["epoch"] == 2
+    assert summary["epoch"] == 1
     keys = ("train/loss", "train/lr", "val/i2t_R@5", "val/t2i_R@10", "val/i2t_median_rank")
     for key in keys:
         assert key in summary, key
     assert "val/i2t_R@1" in summary and "val/t2i_R@1" in summary
     assert 0 <= summary["val/t2i_R@1"] <= 1
-    assert summary["train/temperature"] == pytest.approx(0.05, rel=1e-5)
+    assert summary["train/temperature"] == pytest.approx(defaults.loss.temperature, rel=1e-5)
     # logger.log_model: both checkpoints became model artifacts of the run, best.ckpt with the "best" alias.
     artifacts = {json.loads(a["metadata"])["original_filename"]: a for a in wandb_records(run_dir, "artifact")}
     assert set(artifacts) == {"best.ckpt", "last.ckpt"}
