@@ -27,10 +27,9 @@ def _free_port() -> int:
 def _run_in_two_processes(fn, *args) -> list:
     """Run fn(rank, world_size, *args) in 2 gloo processes; return what each rank returned.
 
-    The processes are forked, not spawned: they inherit this process's imports instead of paying torch's and
-    Lightning's start-up again (about 5 s each on a 2-core machine), and what these tests check (collectives,
-    gradients, metric sync) does not depend on how a process started. Training under Lightning's own spawn is
-    tested in test_checkpoints.py."""
+    The processes are forked, not spawned: they inherit this process's imports instead of importing torch and
+    Lightning again, and what these tests check (collectives, gradients, metric sync) does not depend on how a
+    process started. Training under Lightning's own spawn is tested in test_checkpoints.py."""
     port = _free_port()
     with mp.Manager() as manager:
         results = manager.dict()
