@@ -30,6 +30,9 @@ def world(split: str = "order_holdout", split_seed: int = 0) -> ScenesDataModule
     return ScenesDataModule(split=split, split_seed=split_seed)
 
 
+PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # [colours, 3], in COLOURS' order
+
+
 def read_objects(image: torch.Tensor) -> dict[int, str]:
     """{grid cell: colour name} of every lit cell of a [3, 32, 32] image, read from its pixels: the colour is the
     palette entry nearest to the mean of the cell's lit pixels."""
@@ -39,8 +42,8 @@ def read_objects(image: torch.Tensor) -> dict[int, str]:
         patch = image[:, y0 : y1 + 1, x0 : x1 + 1]  # [3, h, w]
         lit = patch.sum(0) > 0
         if lit.any():
-            rgb = torch.stack([patch[c][lit].mean() for c in range(3)]) * 255
-            found[cell] = min(COLOURS, key=lambda name: float((torch.tensor(COLOURS[name]) - rgb).norm()))
+            rgb = patch[:, lit].mean(1) * 255
+            found[cell] = list(COLOURS)[int((PALETTE - rgb).norm(dim=1).argmin())]
     return found
 
 
