@@ -4,7 +4,7 @@ top-level scripts as a user would; reading an offline W&B run back.
 Tests marked `slow` train to convergence, run a script in a subprocess, spawn Lightning's DDP processes or draw
 many random configs; tests marked `integration` train in-process for a few epochs. `make test-fast` skips both;
 CI runs everything at the newest versions and all but the slow tests at the floors. The collectives tests of
-test_distributed.py fork their two processes and stay unmarked: they take well under a second.
+test_distributed.py fork their two processes on Linux and stay unmarked: there they take well under a second.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -27,13 +28,15 @@ def _free_port() -> int:
 def _run_in_two_processes(fn, *args) -> list:
     """Run fn(rank, world_size, *args) in 2 gloo processes; return what each rank returned.
 
-    The processes are forked, not spawned: they inherit this process's imports instead of importing torch and
-    Lightning again, and what these tests check (collectives, gradients, metric sync) does not depend on how a
-    process started. Training under Lightning's own spawn is tested in test_checkpoints.py."""
+    On Linux the processes are forked, not spawned: they inherit this process's imports instead of importing
+    torch and Lightning again, and what these tests check (collectives, gradients, metric sync) does not depend on
+    how a process started. macOS spawns them (its system libraries are not safe to use after a fork). Training
+    under Lightning's own spawn is tested in test_checkpoints.py."""
     port = _free_port()
+    start_method = "fork" if sys.platform == "linux" else "spawn"
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_worker, args=(2, port, fn, args, results), nprocs=2, join=True, start_method="fork")
+        mp.start_processes(_worker, args=(2, port, fn, args, results), nprocs=2, join=True, start_method=start_method)
         return [results[r] for r in range(2)]
 
 
