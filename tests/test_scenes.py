@@ -30,7 +30,8 @@ def world(split: str = "order_holdout", split_seed: int = 0) -> ScenesDataModule
     return ScenesDataModule(split=split, split_seed=split_seed)
 
 
-PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # [colours, 3], in COLOURS' order
+PALETTE_NAMES = list(COLOURS)
+PALETTE = torch.tensor([COLOURS[name] for name in PALETTE_NAMES], dtype=torch.float32)  # [colours, 3]
 
 
 def read_objects(image: torch.Tensor) -> dict[int, str]:
@@ -43,7 +44,7 @@ def read_objects(image: torch.Tensor) -> dict[int, str]:
         lit = patch.sum(0) > 0
         if lit.any():
             rgb = patch[:, lit].mean(1) * 255
-            found[cell] = list(COLOURS)[int((PALETTE - rgb).norm(dim=1).argmin())]
+            found[cell] = PALETTE_NAMES[int((PALETTE - rgb).norm(dim=1).argmin())]
     return found
 
 
