@@ -121,6 +121,8 @@ def plain_validate(model: torch.nn.Module, world) -> dict[str, float]:
         negatives, valid = (world.caption_extras[k][caption] for k in ("negatives", "negative_valid"))  # [V, K, ...]
         negative_emb = model.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [V, K, D]
         true_scores = (images[index] * texts[caption]).sum(-1)  # [V]
+        # Written out like top1, not through metrics.hard_negative_accuracy: (e)'s identical-result check then
+        # cross-checks that metric too.
         wins = true_scores[:, None] > (images[index][:, None] * negative_emb).sum(-1)  # [V, K]
         for k, kind in enumerate(world.negative_kinds):
             result[f"val/hn_{kind}"] = float(wins[valid[:, k], k].float().mean())
