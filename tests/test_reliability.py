@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -19,7 +20,7 @@ from hydra import compose, initialize_config_dir
 
 from nanovlm import checkpoints, cli, preflight, sweeps
 from nanovlm.config import CONFIG_DIR, ConfigError, check_fixed_keys
-from nanovlm.guards import NonFiniteLossError
+from nanovlm.guards import NonFiniteLossError, NonFiniteLossGuard
 from nanovlm.losses import ClipLoss
 from nanovlm.tracking import wandb_mode
 from nanovlm.training import train
@@ -268,25 +269,84 @@ def test_online_without_key_falls_back_and_nan_loss_fails_the_run(tmp_path: Path
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
-@pytest.mark.integration
-def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch) -> None:
+def nan_loss_on_sixth_batch(monkeypatch) -> dict[str, int]:
+    """Make the 6th training loss NaN: 194 train pairs / 64 = 4 batches an epoch, so that is step 5, epoch 1,
+    batch 1. Returns the count of training losses computed so far."""
     calls = {"n": 0}
     forward = ClipLoss.forward
 
-    def nan_on_sixth_batch(self, image_emb, text_emb):
-        loss = forward(self, image_emb, text_emb)
+    def nan_on_sixth_batch(self, image_emb, text_emb, **kwargs):
+        loss = forward(self, image_emb, text_emb, **kwargs)
         if self.training:
             calls["n"] += 1
-            if calls["n"] == 6:  # 194 train pairs / 64 = 4 batches an epoch: the 6th is epoch 1, batch 1
+            if calls["n"] == 6:
                 return loss * float("nan")
         return loss
 
     monkeypatch.setattr(ClipLoss, "forward", nan_on_sixth_batch)
+    return calls
+
+
+def assert_checkpoints_of_epoch_0(cfg, names: tuple[str, ...]) -> None:
+    for name in names:
+        state = torch.load(Path(cfg.run_dir) / "checkpoints" / name, weights_only=False)
+        assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values()), name
+
+
+@pytest.mark.integration
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(make_cfg, monkeypatch) -> None:
+    nan_loss_on_sixth_batch(monkeypatch)
     cfg = make_cfg(*TINY, "trainer.max_epochs=3")
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 1, batch 1\)"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 1, batch 1\); stopped before"):
         train(cfg)
-    state = torch.load(Path(cfg.run_dir) / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert_checkpoints_of_epoch_0(cfg, ("last.ckpt",))
+
+
+@pytest.mark.integration
+def test_deferred_nan_guard_stops_at_the_epoch_end_before_its_checkpoints(make_cfg, monkeypatch) -> None:
+    """The accelerator mode, forced on the CPU: the bad step itself does not stop the run (no host sync there),
+    the end of its epoch does, naming that step, before that epoch's last.ckpt or best.ckpt is written."""
+    calls = nan_loss_on_sixth_batch(monkeypatch)
+    monkeypatch.setattr(NonFiniteLossGuard, "defers", lambda self, loss: True)
+    cfg = make_cfg(*TINY, "trainer.max_epochs=3", "checkpoint_every_s=0")  # without the guard: both, every epoch
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 5 \(epoch 1, batch 1\); on an accelerator"):
+        train(cfg)
+    assert calls["n"] == 8  # epoch 1 was trained to its end, and epoch 2 never started
+    assert_checkpoints_of_epoch_0(cfg, ("last.ckpt", "best.ckpt"))
+
+
+def test_deferred_nan_guard_keeps_the_first_bad_step_and_never_reads_the_device(capsys) -> None:
+    """Hand-driven hooks: on the meta device (no data, so any host read such as `.item()` or `if tensor` raises)
+    the per-step record runs; on the CPU, forced deferred, the epoch's check names the first bad step, not a
+    later one, and a clean epoch passes; another error meanwhile gets a note."""
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+
+    def steps(guard: NonFiniteLossGuard, losses: list[torch.Tensor]) -> None:
+        for batch, loss in enumerate(losses):
+            guard.on_train_batch_start(trainer, None, None, batch)
+            guard.on_before_backward(trainer, None, loss)
+            trainer.global_step += 1
+
+    meta = NonFiniteLossGuard()  # decides by device: meta is not the CPU
+    steps(meta, [torch.empty((), device="meta")] * 2)
+    assert meta._first is not None and meta._first.device.type == "meta"
+
+    trainer.global_step = 0
+    guard = NonFiniteLossGuard(deferred=True)
+    steps(guard, [torch.tensor(1.0), torch.tensor(2.0)])
+    guard.on_train_epoch_end(trainer, None)  # epoch 0 was clean
+    trainer.current_epoch = 1
+    steps(guard, [torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(float("nan"))])  # no raise here
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is inf at step 3 \(epoch 1, batch 1\); on an accelerator"
+    ) as error:
+        guard.on_train_epoch_end(trainer, None)
+
+    # Another error before the check (validation failing on NaN weights, say): a note beside it, no raise.
+    guard.on_exception(trainer, None, error.value)
+    assert capsys.readouterr().err == ""  # the guard's own error says it all
+    guard.on_exception(trainer, None, ValueError("boom"))
+    assert capsys.readouterr().err.startswith("note: the training loss was already non-finite at step 3 (epoch 1,")
 
 
 # --- Determinism and resume -------------------------------------------------------------------------------------
