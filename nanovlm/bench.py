@@ -35,6 +35,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from nanovlm.ranking import beats, true_item_rank
+
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -93,11 +95,10 @@ class FirstStepClock(L.Callback):
 
 
 def top1(scores: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Share of queries (rows) whose best true item outscores every false one; a tie counts against the query.
-    Written here rather than calling `metrics.true_item_rank`: the plain loop's validation is its own, so the
-    benchmark's identical-result check also cross-checks the framework's metric."""
-    best_true = scores.masked_fill(~true, float("-inf")).amax(dim=1, keepdim=True)
-    return ((scores >= best_true) & ~true).sum(dim=1).eq(0).float().mean()
+    """Share of queries (rows) whose best true item outscores every false one, by the one ranking rule
+    (`nanovlm.ranking`: ties fail, NaN last). The plain loop keeps its own validation (no torchmetrics, no
+    gallery cache), but ranks with the same rule: two code paths that use two tie rules disagree on near-ties."""
+    return true_item_rank(scores, true).eq(1).float().mean()
 
 
 @torch.no_grad()
@@ -121,9 +122,7 @@ def plain_validate(model: torch.nn.Module, world) -> dict[str, float]:
         negatives, valid = (world.caption_extras[k][caption] for k in ("negatives", "negative_valid"))  # [V, K, ...]
         negative_emb = model.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [V, K, D]
         true_scores = (images[index] * texts[caption]).sum(-1)  # [V]
-        # Written out like top1, not through metrics.hard_negative_accuracy: (e)'s identical-result check then
-        # cross-checks that metric too.
-        wins = true_scores[:, None] > (images[index][:, None] * negative_emb).sum(-1)  # [V, K]
+        wins = beats(true_scores[:, None], (images[index][:, None] * negative_emb).sum(-1))  # [V, K], ties fail
         for k, kind in enumerate(world.negative_kinds):
             result[f"val/hn_{kind}"] = float(wins[valid[:, k], k].float().mean())
     model.train()
@@ -173,12 +172,18 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
             caption = world.caption_of[index]
             image_emb, text_emb = model(world.images[index], world.tokens[caption])
             if hard_negatives:
-                negatives = model.text_encoder(world.caption_extras["negatives"][caption].flatten(0, 1))
+                extras = {k: world.caption_extras[k][caption] for k in ("negatives", "negative_valid", "negative_id")}
+                negatives = model.text_encoder(extras["negatives"].flatten(0, 1))
                 loss = model.loss(
-                    image_emb, text_emb, negatives, world.caption_extras["negative_valid"][caption].flatten()
+                    image_emb,
+                    text_emb,
+                    negatives,
+                    extras["negative_valid"].flatten(),
+                    caption_id=caption,
+                    negative_id=extras["negative_id"].flatten(),
                 )
             else:
-                loss = model.loss(image_emb, text_emb)
+                loss = model.loss(image_emb, text_emb, caption_id=caption)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

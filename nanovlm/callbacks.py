@@ -1,4 +1,5 @@
-"""Small Lightning callbacks: early stopping at a target recall, and the model summary printed at fit start.
+"""Small Lightning callbacks: early stopping at a target recall, validating the last epoch, and the model summary
+printed at fit start.
 
 `stop_at_recall: 0.95` in the config ends a run at the first validation whose val/R@1 (the mean of
 both directions) reaches the target: sweeps and benchmarks that only need "good enough" stop paying
@@ -29,6 +30,18 @@ class StopAtRecall(L.Callback):
         if value is not None and float(value) >= self.target and not trainer.sanity_checking:
             trainer.should_stop = True
             self.stopped_epoch = trainer.current_epoch
+
+
+class ValidateLastEpoch(L.Callback):
+    """Validate the last epoch even when `trainer.check_val_every_n_epoch` skips it (data=scenes validates every 5
+    epochs; `trainer.max_epochs=7` would otherwise end on epoch 5's numbers). The final val/* metrics, result.json,
+    the W&B summary and best.ckpt's last chance then all come from the weights last.ckpt holds. It runs inside fit,
+    before the epoch's checkpoints, by validating every epoch from the last one's start on."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1
 
 
 class ParamSummary(ModelSummary):

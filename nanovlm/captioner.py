@@ -18,11 +18,14 @@ from dataclasses import dataclass
 
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import nn
 
 from nanovlm.captioning import (
+    MAX_LIKELIHOOD_PAIRS,
     CaptionLoss,
+    likelihood_passes,
     log_likelihood,
     pair_log_likelihoods,
     slot_vocabulary,
@@ -91,6 +94,7 @@ class Captioner(DualEncoder):
         self.val_caption = CaptionAccuracy(slots)
         self._gallery_read: tuple[Images, Captions, torch.Tensor] | None = None
         self._allowed: torch.Tensor | None = None  # [T, V] words each slot can hold (constrained decoding)
+        self.ranks_gallery = loss.retrieval is not False  # loss.retrieval=auto is decided per world in setup()
 
     # --- Reading, scoring, writing ------------------------------------------------------------------------------
 
@@ -144,9 +148,28 @@ class Captioner(DualEncoder):
 
     # --- Training and validation ---------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.loss.retrieval == "auto" and self.loss.score == "likelihood" and datamodule is not None:
+            gallery = datamodule.gallery()
+            passes = likelihood_passes(len(gallery["image"]), gallery["tokens"])
+            self.ranks_gallery = passes <= MAX_LIKELIHOOD_PAIRS
+            if not self.ranks_gallery and stage == "fit":
+                rank_zero_info(
+                    f"val/R@* not measured: ranking this world's gallery by likelihood is {passes:,} decoder passes "
+                    "per validation (loss.retrieval=true ranks it anyway; loss=coca ranks by cosine)"
+                )
+
+    @property
+    def monitor(self) -> str:
+        """The metric best.ckpt keeps the best of: val/R@1 when validation ranks the gallery, else the share of
+        exactly right captions (a never-finite monitor would never pick a best epoch)."""
+        return "val/R@1" if self.ranks_gallery else "val/caption_exact"
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, captions = self.read_images(batch["image"]), self.read_captions(batch["tokens"])
-        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb)
+        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, batch.get("caption_id"))
         self._loss_sum += loss.detach() * len(captions.tokens)
         self._loss_count += len(captions.tokens)
         return loss
@@ -165,9 +188,9 @@ class Captioner(DualEncoder):
         index = batch["index"]
         caption = caption_of[index]  # [B] each image's true gallery caption
         images, captions = gallery_images.take(index), gallery_captions.take(caption)
-        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb)
+        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, caption)
         self.log("val/loss", loss, batch_size=len(index), sync_dist=True)
-        if self.loss.retrieval:  # the same targets as DualEncoder's: one true caption; every image showing it
+        if self.ranks_gallery:  # the same targets as DualEncoder's: one true caption; every image showing it
             self.val_i2t.update(self.score_matrix(images, gallery_captions), caption, index)
             shows_caption = caption_of[None, :] == caption[:, None]  # [B, N]
             self.val_t2i.update(self.score_matrix(gallery_images, captions).T, shows_caption, caption)

@@ -181,7 +181,7 @@ class TensorSliceDataset(Dataset):
     def __getitems__(self, positions: list[int]) -> dict[str, torch.Tensor]:
         index = self.indices[positions]
         caption = self.caption_of[index]
-        batch = {"image": self.images[index], "tokens": self.tokens[caption], "index": index}
+        batch = {"image": self.images[index], "tokens": self.tokens[caption], "caption_id": caption, "index": index}
         batch.update({name: values[caption] for name, values in self.caption_extras.items()})
         return batch
 
@@ -201,8 +201,12 @@ class WorldDataModule(L.LightningDataModule):
     - `images` [N, 3, 32, 32] float in [0, 1]; `tokens` [C, L] the token ids of its C distinct captions, whose
       texts are `captions`; `caption_of` [N] the caption of each image (C = N and identity for shapes);
     - `train_idx`, `val_idx`: image indices;
-    - optionally `caption_extras` ({"negatives": [C, K, L], "negative_valid": [C, K]} for a world with hard
-      negatives of the kinds `negative_kinds`), served in every batch beside the tokens.
+    - optionally `caption_extras` ({"negatives": [C, K, L], "negative_valid": [C, K], "negative_id": [C, K] the
+      caption each negative spells, -1 if none} for a world with hard negatives of the kinds `negative_kinds`),
+      served in every batch beside the tokens.
+
+    A batch is {"image", "tokens", "caption_id" (the caption of each image: equal ids are the same caption, so
+    the losses count every such pair as true), "index" (the image), and the caption extras}.
 
     Class attributes `vocab`, `seq_len` and `caption_form` describe its captions; the model's text encoder takes
     its vocabulary size and caption length from them (training.build_model), so no code names a world.

@@ -26,6 +26,7 @@ from PIL import Image
 
 from nanovlm import checkpoints
 from nanovlm.captioner import Captioner
+from nanovlm.captioning import MAX_LIKELIHOOD_PAIRS, likelihood_passes
 from nanovlm.data import IMAGE_SIZE, WorldDataModule
 from nanovlm.metrics import RetrievalRecall, hard_negative_accuracy
 from nanovlm.module import DualEncoder
@@ -285,11 +286,6 @@ def image_captions(
     return {"captions": found, "scores": top.values.tolist()}
 
 
-# Above this many (image, distinct caption input) decoder passes, ranking the whole gallery by likelihood is skipped
-# here: the seed world needs 243 x 27, data=scenes 12,636 x 468 (minutes on a CPU).
-MAX_LIKELIHOOD_PAIRS = 1_000_000
-
-
 @torch.no_grad()
 def evaluate_captioner(
     model: Captioner, datamodule: WorldDataModule, image: tuple[torch.Tensor, str] | None, k: int, scores: bool = True
@@ -310,14 +306,14 @@ def evaluate_captioner(
         metric.update(written[index], gallery["tokens"][caption_of[index]], index)
         results["captions"][split] = {name: float(v) for name, v in metric.compute().items()}
         print(f"captions  {names[split]:10}" + "".join(f"  {a} {v:.3f}" for a, v in results["captions"][split].items()))
-    distinct_inputs = len(torch.unique(gallery["tokens"][:, :-1], dim=0))
-    if scores and len(images.emb) * distinct_inputs <= MAX_LIKELIHOOD_PAIRS:
+    passes = likelihood_passes(len(images.emb), gallery["tokens"])
+    if scores and passes <= MAX_LIKELIHOOD_PAIRS:
         matrix = model.score_matrix(images, captions)  # [N, C]
         results["retrieval"] = {s: retrieval_from_scores(matrix, idx, caption_of) for s, idx in splits.items()}
         print(f"retrieval by {model.loss.score}, queries ranked against the whole gallery")
         print(_table({names[s]: m for s, m in results["retrieval"].items()}))
     elif scores:
-        print(f"retrieval by likelihood skipped: {len(images.emb)} x {distinct_inputs} decoder passes")
+        print(f"retrieval by likelihood skipped: {passes:,} decoder passes (more than {MAX_LIKELIHOOD_PAIRS:,})")
     if scores and datamodule.negative_kinds:
         results["hard_negatives"] = {}
         for split in ("val", "all"):

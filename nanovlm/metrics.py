@@ -1,7 +1,8 @@
 """Retrieval metrics written out by hand as a torchmetrics `Metric`.
 
 torchmetrics' own retrieval recall (1.7.4-1.9.0) skips positives whose score is <= 0, which cosine
-similarities often are, so recall is computed here from the rank of the true item instead.
+similarities often are, so recall is computed here from the rank of the true item instead. Ranks and wins come
+from `nanovlm.ranking`: one tie rule (ties fail) and NaN ranked last, wherever anything is ranked.
 """
 
 from __future__ import annotations
@@ -10,33 +11,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-
-def true_item_rank(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each query's best-scoring true gallery item; ties count against the query.
-
-    scores [Q, G]; targets either [Q] long (the gallery column of the one true item) or [Q, G] bool (every true
-    item: a scenes caption is shown by several images). The rank is 1 + the number of false items scoring at
-    least as high as the best true one, so R@k means "a true item is in the top k" and other true items never
-    push it down. A false item tied with the truth is ranked above it: a constant score matrix gives rank
-    G - (number of true items) + 1, not 1.
-    """
-    if targets.dtype == torch.bool:
-        best_true = scores.masked_fill(~targets, float("-inf")).amax(dim=1, keepdim=True)  # [Q, 1]
-        return ((scores >= best_true) & ~targets).sum(dim=1) + 1  # [Q]
-    true_scores = scores.gather(1, targets[:, None])  # [Q, 1]
-    return (scores >= true_scores).sum(dim=1)  # [Q]
-
-
-# Two scores closer than this (relative to their size, at least 1) are a tie. The same sum of the same
-# float32 numbers in another order (a mean-pool text encoder reading a word-order swap) differs in the last
-# bits; that is not a preference, and counting it as one would give a bag-of-words model a coin flip.
-TIE_TOLERANCE = 1e-6
-
-
-def beats(true_scores: torch.Tensor, negative_scores: torch.Tensor) -> torch.Tensor:
-    """Whether each true score is strictly greater than its negative's (broadcast): a tie is a failure."""
-    margin = TIE_TOLERANCE * torch.maximum(true_scores.abs(), negative_scores.abs()).clamp(min=1.0)
-    return true_scores > negative_scores + margin
+from nanovlm.ranking import beats, true_item_rank
 
 
 def hard_negative_accuracy(

@@ -67,6 +67,9 @@ class DualEncoder(L.LightningModule):
         self._gallery: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self.logged: dict[str, float] = {}
+        self.validated_step: int | None = None  # the global step of the last validation (train() checks it)
+
+    monitor = "val/R@1"  # what best.ckpt keeps the best of (train() reads it)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image_encoder(images), self.text_encoder(tokens)
@@ -78,6 +81,8 @@ class DualEncoder(L.LightningModule):
         return (image_emb * text_emb).sum(dim=-1)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and hasattr(self.loss, "set_world_size"):  # before Lightning restores a checkpoint
+            self.loss.set_world_size(self.trainer.world_size)  # SigLIP's bias: -ln of the global batch
         datamodule = getattr(self.trainer, "datamodule", None)
         check_hard_negatives(self.loss, datamodule)
         kinds = tuple(getattr(datamodule, "negative_kinds", ()))
@@ -86,12 +91,21 @@ class DualEncoder(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image_emb, text_emb = self(batch["image"], batch["tokens"])
+        caption_id = batch.get("caption_id")  # [B]: pairs of the same caption are all positives
         if getattr(self.loss, "hard_negatives", False):
             negatives = batch["negatives"]  # [B, K, L]
             negative_emb = self.text_encoder(negatives.flatten(0, 1))  # [B*K, D]
-            loss = self.loss(image_emb, text_emb, negative_emb, batch["negative_valid"].flatten())
+            negative_id = batch.get("negative_id")  # [B, K]: the caption each negative spells
+            loss = self.loss(
+                image_emb,
+                text_emb,
+                negative_emb,
+                batch["negative_valid"].flatten(),
+                caption_id=caption_id,
+                negative_id=None if negative_id is None else negative_id.flatten(),
+            )
         else:
-            loss = self.loss(image_emb, text_emb)
+            loss = self.loss(image_emb, text_emb, caption_id=caption_id)
         self._loss_sum += loss.detach() * len(image_emb)
         self._loss_count += len(image_emb)
         return loss
@@ -127,7 +141,8 @@ class DualEncoder(L.LightningModule):
         caption = caption_of[index]  # [B] each image's true gallery caption
         image_emb, text_emb = gallery_images[index], gallery_texts[caption]
         # self.log (not log_to_loggers): callbacks such as EarlyStopping(monitor="val/loss") read it.
-        self.log("val/loss", self.loss(image_emb, text_emb), batch_size=len(image_emb), sync_dist=True)
+        val_loss = self.loss(image_emb, text_emb, caption_id=caption)  # val batches are mostly duplicates
+        self.log("val/loss", val_loss, batch_size=len(image_emb), sync_dist=True)
         self.val_i2t.update(image_emb @ gallery_texts.T, caption, index)
         # Text queries are captions: a caption shown by several val images is one query (its id is the caption),
         # and every gallery image showing it is a true item.
@@ -157,6 +172,8 @@ class DualEncoder(L.LightningModule):
         self.log("val/R@1", (metrics["val/i2t_R@1"] + metrics["val/t2i_R@1"]) / 2, prog_bar=True, sync_dist=True)
         self.log_to_loggers(metrics)
         self._gallery = None
+        if not self.trainer.sanity_checking:
+            self.validated_step = self.global_step
 
     def log_to_loggers(self, metrics: dict[str, torch.Tensor | float]) -> None:
         """Values that need no reduction across processes (already global, or the same on every rank), sent

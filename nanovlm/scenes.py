@@ -137,7 +137,11 @@ class ScenesDataModule(WorldDataModule):
         self.scenes: list[Scene] = world["scenes"]
         self.caption_of = torch.arange(len(self.captions)).repeat_interleave(N_PLACEMENTS)  # [N]
         self.placement_of = torch.arange(N_PLACEMENTS).repeat(len(self.captions))  # [N]
-        self.caption_extras = {"negatives": world["negatives"], "negative_valid": world["negative_valid"]}
+        self.caption_extras = {
+            "negatives": world["negatives"],
+            "negative_valid": world["negative_valid"],
+            "negative_id": world["negative_ids"],
+        }
         self.negative_ids = world["negative_ids"]
         in_val = self._val_mask(split, val_fraction, torch.Generator().manual_seed(split_seed))
         self.train_idx, self.val_idx = torch.nonzero(~in_val).flatten(), torch.nonzero(in_val).flatten()

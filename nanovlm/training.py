@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm import checkpoints, console, preflight, tracking
-from nanovlm.callbacks import ParamSummary, StopAtRecall
+from nanovlm.callbacks import ParamSummary, StopAtRecall, ValidateLastEpoch
 from nanovlm.captioner import build_captioner, is_captioning
 from nanovlm.cli import write_result
 from nanovlm.config import ConfigError, hydra_runtime, validate
@@ -151,10 +151,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
         every_s = cfg.get("checkpoint_every_s", 0)
         callbacks = [
-            checkpoints.BestCheckpoint(run_dir / "checkpoints", "val/R@1", every_s=every_s),
+            checkpoints.BestCheckpoint(run_dir / "checkpoints", model.monitor, every_s=every_s),
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger)),
             NonFiniteLossGuard(),
+            ValidateLastEpoch(),
             preemption := Preemption(run_dir / "checkpoints" / "last.ckpt"),
             *build_callbacks(cfg),
             *extra_callbacks,
@@ -176,8 +177,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
         if (preempted := preemption.stopped()) is not None:  # the scheduler's time is nearly up: it requeues us
             raise preempted
-        if "val/R@1" not in trainer.callback_metrics:  # resumed a finished run, or the last epoch skipped val
-            trainer.validate(model, datamodule=datamodule, verbose=False)
+        if model.validated_step != trainer.global_step:  # resumed a finished run, or stopped by max_steps/max_time
+            trainer.validate(model, datamodule=datamodule, verbose=False)  # the final numbers are the final weights
         metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_s"] = time.perf_counter() - start
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))

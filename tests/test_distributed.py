@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -90,10 +91,13 @@ def _loss_and_grads(
     world: int,
     negatives: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    caption_id: torch.Tensor | None = None,
+    negative_id: torch.Tensor | None = None,
 ) -> dict:
     """One step of a tiny dual encoder (two linear maps + the loss) on this rank's share of the batch;
     parameter gradients averaged over ranks, as DDP does. `negatives` [B, K, 5] and `valid` [B, K]: each image's
-    hard-negative texts (loss.hard_negatives), sharded with their images."""
+    hard-negative texts (loss.hard_negatives), sharded with their images; `caption_id` [B] and `negative_id` [B, K]:
+    the caption of each pair and each negative (several true pairs per batch), sharded the same way."""
     torch.manual_seed(0)
     image_proj, text_proj = torch.nn.Linear(6, 4).double(), torch.nn.Linear(5, 4).double()
     hard = negatives is not None
@@ -107,13 +111,18 @@ def _loss_and_grads(
         images, texts = images[rank * share : (rank + 1) * share], texts[rank * share : (rank + 1) * share]
         if hard:
             negatives, valid = negatives[rank * share : (rank + 1) * share], valid[rank * share : (rank + 1) * share]
+        if caption_id is not None:
+            caption_id = caption_id[rank * share : (rank + 1) * share]
+        if negative_id is not None:
+            negative_id = negative_id[rank * share : (rank + 1) * share]
     img = torch.nn.functional.normalize(image_proj(images), dim=-1)
     txt = torch.nn.functional.normalize(text_proj(texts), dim=-1)
     if hard:
         neg = torch.nn.functional.normalize(text_proj(negatives.flatten(0, 1)), dim=-1)  # [B*K, 4]
-        loss = loss_fn(img, txt, neg, valid.flatten())
+        ids = None if negative_id is None else negative_id.flatten()
+        loss = loss_fn(img, txt, neg, valid.flatten(), caption_id=caption_id, negative_id=ids)
     else:
-        loss = loss_fn(img, txt)
+        loss = loss_fn(img, txt, caption_id=caption_id)
     loss.backward()
     params = {"image": image_proj.weight, "text": text_proj.weight, "scale": loss_fn.logit_scale}
     if loss_name == "siglip":
@@ -187,3 +196,53 @@ def test_hard_negatives_under_two_processes_match_one_process() -> None:
         for name, expected in single.items():
             for key, value in expected.items():
                 torch.testing.assert_close(got[name][key], value, msg=lambda m, k=key, n=name: f"{n} {k}: {m}")
+
+
+def _duplicated_caption_steps(rank: int, world: int, *inputs) -> dict:
+    return {name: _loss_and_grads(name, *inputs[:2], rank, world, *inputs[2:]) for name in ("clip", "siglip")}
+
+
+def test_several_true_pairs_under_two_processes_match_one_process() -> None:
+    """Caption ids are gathered like the embeddings: a caption whose images sit on both ranks is a positive across
+    them, and a hard negative on one rank that spells a caption of the other rank's rows is dropped for those rows.
+    2 x 4 pairs train exactly like 8 in one process, and differently from the diagonal-only loss."""
+    torch.manual_seed(3)
+    images, texts = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    caption_id = torch.tensor([0, 1, 2, 0, 2, 0, 3, 4])  # caption 0 on both ranks, caption 2 on both
+    texts = texts[caption_id]  # one caption, one text: duplicates are the same input
+    negatives = torch.randn(8, 2, 5, dtype=torch.float64)
+    negative_id = torch.tensor([[5, 2], [6, 7], [0, 8], [9, 10], [11, 4], [12, 13], [14, 1], [15, 16]])
+    negatives[0, 1], negatives[2, 0], negatives[4, 1], negatives[6, 0] = texts[2], texts[0], texts[7], texts[1]
+    valid = torch.ones(8, 2, dtype=torch.bool)
+    single = _duplicated_caption_steps(None, 1, images, texts, negatives, valid, caption_id, negative_id)
+    for name in single:
+        diagonal = _loss_and_grads(name, images, texts, None, 1, negatives, valid)
+        assert not torch.allclose(single[name]["loss"], diagonal["loss"])
+    inputs = (images, texts, negatives, valid, caption_id, negative_id)
+    for got in _run_in_two_processes(_duplicated_caption_steps, *inputs):
+        for name, expected in single.items():
+            for key, value in expected.items():
+                torch.testing.assert_close(got[name][key], value, msg=lambda m, k=key, n=name: f"{n} {k}: {m}")
+
+
+def _siglip_at_its_default_bias(rank: int, world: int, img: torch.Tensor, txt: torch.Tensor) -> dict:
+    loss_fn = SigLipLoss(batch_size=len(img) // world).double()  # data.batch_size is per process
+    loss_fn.set_world_size(world)  # what DualEncoder.setup does with trainer.world_size
+    share = len(img) // world
+    local = loss_fn(img[rank * share : (rank + 1) * share], txt[rank * share : (rank + 1) * share]).detach().clone()
+    dist.all_reduce(local)
+    return {"bias": loss_fn.logit_bias.item(), "loss": (local / world).item()}
+
+
+def test_siglip_default_bias_counts_every_process_texts() -> None:
+    """With bias=null, 2 processes of batch 4 start at -ln 8, each image scored against all 8 gathered texts, and
+    so start at the loss of one process with batch 8 (the old -ln(per-process batch) was off by ln 2)."""
+    torch.manual_seed(4)
+    img = torch.nn.functional.normalize(torch.randn(8, 4, dtype=torch.float64), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(8, 4, dtype=torch.float64), dim=-1)
+    single = SigLipLoss(batch_size=8).double()
+    single.set_world_size(1)
+    expected = single(img, txt).item()
+    for got in _run_in_two_processes(_siglip_at_its_default_bias, img, txt):
+        assert got["bias"] == pytest.approx(-math.log(8))
+        assert got["loss"] == pytest.approx(expected, rel=1e-12)

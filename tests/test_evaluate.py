@@ -19,9 +19,11 @@ from tests.conftest import QUIET, REPO
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
-    """A 3-epoch run (recall well between 0 and 1), its final metrics and its last checkpoint."""
+    """A 4-epoch run (recall well between 0 and 1), its final metrics and its last checkpoint. It validates every
+    3 epochs, so its last epoch is one that validation would skip: the final metrics must still be its own."""
     run_dir = tmp_path_factory.mktemp("run")
-    overrides = [f"run_dir={run_dir}", "logger=none", "plots=none", "trainer.max_epochs=3", "model.embed_dim=16"]
+    overrides = [f"run_dir={run_dir}", "logger=none", "plots=none", "trainer.max_epochs=4", "model.embed_dim=16"]
+    overrides.append("trainer.check_val_every_n_epoch=3")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, *QUIET])
     metrics = train(cfg)
@@ -32,7 +34,7 @@ def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) -> None:
     ckpt, metrics = short_run
     model, config = load_model(ckpt)
-    assert config["model"]["embed_dim"] == 16 and config["trainer"]["max_epochs"] == 3
+    assert config["model"]["embed_dim"] == 16 and config["trainer"]["max_epochs"] == 4
     from nanovlm.data import ShapesDataModule
     from nanovlm.plots import embed_gallery
 
@@ -42,6 +44,11 @@ def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) ->
     assert 0 < metrics["val/i2t_R@5"] < 1 or 0 < metrics["val/t2i_R@5"] < 1, "pick a run that is not trivial"
     for key, value in ours.items():
         assert value == pytest.approx(metrics[f"val/{key}"], abs=1e-6), key
+    # result.json (what sweeps read) and `python -m nanovlm.evaluate` of last.ckpt give the same numbers.
+    saved = json.loads((ckpt.parent.parent / "result.json").read_text())["metrics"]
+    report = evaluate(EvalConfig(ckpt=str(ckpt), out=str(ckpt.parent.parent / "eval_check"), plots=False))
+    for key, value in report["retrieval"]["val"].items():
+        assert value == pytest.approx(saved[f"val/{key}"], abs=1e-6), key
 
 
 def hand_built_embeddings() -> tuple[torch.Tensor, torch.Tensor]:

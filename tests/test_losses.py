@@ -200,3 +200,106 @@ def test_hard_negatives_leave_the_text_to_image_side_unchanged() -> None:
     i2t_with = F.cross_entropy(10.0 * img @ torch.cat([txt, neg]).T, torch.arange(len(img)))
     torch.testing.assert_close(with_neg, (i2t_with + t2i) / 2)
     torch.testing.assert_close(without, (F.cross_entropy(10.0 * img @ txt.T, torch.arange(len(img))) + t2i) / 2)
+
+
+# --- Several true pairs per batch (a caption shown by several images) -----------------------------------------------
+
+
+def reference_multi_positive_clip(
+    img: torch.Tensor, txt: torch.Tensor, tau: float, caption: list[int], negatives=None, negative_caption=None
+) -> torch.Tensor:
+    """Written out pair by pair: query i's loss is the mean over its positives p (every column with caption[i]) of
+    -log(exp(s_ip) / sum_j exp(s_ij)); image rows also sum over the hard negatives that are not their own caption."""
+    n = len(img)
+    total = img.new_zeros(())
+    for i in range(n):
+        positives = [j for j in range(n) if caption[j] == caption[i]]
+        row = [img[i] @ txt[j] / tau for j in range(n)]
+        if negatives is not None:
+            row += [img[i] @ negatives[m] / tau for m in range(len(negatives)) if negative_caption[m] != caption[i]]
+        col = [txt[i] @ img[j] / tau for j in range(n)]
+        row_lse, col_lse = torch.logsumexp(torch.stack(row), 0), torch.logsumexp(torch.stack(col), 0)
+        total = total + sum(row_lse - row[p] for p in positives) / len(positives)
+        total = total + sum(col_lse - col[p] for p in positives) / len(positives)
+    return total / (2 * n)
+
+
+def reference_multi_positive_siglip(
+    img: torch.Tensor, txt: torch.Tensor, scale: float, bias: float, caption: list[int], negatives=None, neg_cap=None
+) -> torch.Tensor:
+    """-1/N sum_ij log sigmoid(z_ij (s x_i.y_j + b)), z_ij = +1 iff caption[i] == caption[j]; hard negatives z = -1
+    except against the rows whose caption they spell (left out there)."""
+    n = len(img)
+    total = img.new_zeros(())
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if caption[i] == caption[j] else -1.0
+            total = total - F.logsigmoid(z * (scale * (img[i] @ txt[j]) + bias))
+        if negatives is not None:
+            for m in range(len(negatives)):
+                if neg_cap[m] != caption[i]:
+                    total = total - F.logsigmoid(-(scale * (img[i] @ negatives[m]) + bias))
+    return total / n
+
+
+def _unit(*shape: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1).requires_grad_()
+
+
+CAPTIONS = [0, 3, 0, 1, 3, 0, 2]  # caption 0 shown by 3 images, caption 3 by 2
+
+
+def test_clip_with_duplicated_captions_matches_the_multi_positive_formula_both_ways() -> None:
+    torch.manual_seed(0)
+    img, txt = _unit(7, 8), _unit(7, 8)
+    txt_same = txt.detach()[torch.tensor([0, 1, 0, 3, 1, 0, 6])].clone().requires_grad_()  # duplicates: equal texts
+    for texts in (txt, txt_same):
+        ours = ClipLoss(0.1).double()(img, texts, caption_id=torch.tensor(CAPTIONS))
+        assert_same_value_and_gradients(ours, reference_multi_positive_clip(img, texts, 0.1, CAPTIONS), (img, texts))
+    # Each direction alone: the image->text and text->image halves are both multi-positive (swap the roles).
+    ours_swapped = ClipLoss(0.1).double()(txt, img, caption_id=torch.tensor(CAPTIONS))
+    torch.testing.assert_close(ours_swapped, reference_multi_positive_clip(txt, img, 0.1, CAPTIONS))
+
+
+def test_multi_positive_differs_from_the_diagonal_only_when_captions_repeat() -> None:
+    torch.manual_seed(0)
+    img, txt = _unit(7, 8), _unit(7, 8)
+    unique = torch.arange(7) * 5  # any distinct ids
+    for loss in (ClipLoss(0.1).double(), SigLipLoss(bias=-2.0).double()):
+        torch.testing.assert_close(loss(img, txt, caption_id=unique), loss(img, txt), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(loss(img, txt, caption_id=torch.tensor(CAPTIONS)), loss(img, txt))
+    off = ClipLoss(0.1, multi_positive=False).double()
+    torch.testing.assert_close(off(img, txt, caption_id=torch.tensor(CAPTIONS)), off(img, txt), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("scale", "bias"), [(10.0, -2.0), (3.0, 1.0)])
+def test_siglip_with_duplicated_captions_labels_every_same_caption_pair_positive(scale: float, bias: float) -> None:
+    torch.manual_seed(0)
+    img, txt = _unit(7, 8), _unit(7, 8)
+    ours = SigLipLoss(scale=scale, bias=bias).double()(img, txt, caption_id=torch.tensor(CAPTIONS))
+    reference = reference_multi_positive_siglip(img, txt, scale, bias, CAPTIONS)
+    assert_same_value_and_gradients(ours, reference, (img, txt))
+
+
+def test_a_hard_negative_spelling_a_rows_caption_is_no_negative_for_that_row() -> None:
+    """Negative 1 spells caption 3 (rows 1 and 4's truth), negative 2 caption 0; negative 3 is not valid at all."""
+    torch.manual_seed(0)
+    img, txt, neg = _unit(7, 8), _unit(7, 8), _unit(4, 8)
+    negative_id, valid = torch.tensor([9, 3, 0, -1]), torch.tensor([True, True, True, False])
+    kept = [0, 1, 2]  # the reference sees only the valid ones
+    args = {"caption_id": torch.tensor(CAPTIONS), "negative_id": negative_id}
+    clip = ClipLoss(0.1, hard_negatives=True).double()(img, txt, neg, valid, **args)
+    clip_ref = reference_multi_positive_clip(img, txt, 0.1, CAPTIONS, neg[kept], negative_id[kept].tolist())
+    assert_same_value_and_gradients(clip, clip_ref, (img, txt, neg))
+    sig = SigLipLoss(scale=10.0, bias=-2.0, hard_negatives=True).double()(img, txt, neg, valid, **args)
+    sig_ref = reference_multi_positive_siglip(img, txt, 10.0, -2.0, CAPTIONS, neg[kept], negative_id[kept].tolist())
+    assert_same_value_and_gradients(sig, sig_ref, (img, txt, neg))
+
+
+def test_siglip_bias_follows_the_global_batch_once_the_world_size_is_known() -> None:
+    loss = SigLipLoss(batch_size=32)
+    loss.set_world_size(4)
+    assert loss.logit_bias.item() == pytest.approx(-math.log(128))
+    fixed = SigLipLoss(batch_size=32, bias=-10.0)
+    fixed.set_world_size(4)
+    assert fixed.logit_bias.item() == -10.0  # a bias the config sets is kept
