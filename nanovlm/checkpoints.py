@@ -153,7 +153,11 @@ class BestCheckpoint(_EpochEndCheckpoint):
     """`best.ckpt`, the epoch with the highest `monitor`. Early in a run nearly every validation improves, so an
     improvement is kept in memory (copied by `AtomicCheckpointIO`, no disk write) and written once `every_s`
     seconds have passed since the last write, at the end of training, and when training fails. `every_s=0` writes
-    each one at once."""
+    each one at once.
+
+    A NaN or infinite monitor is never an improvement: NaN compares false with everything, so a first NaN taken
+    as best would stay best for the whole run (val/R@1 is NaN for a captioner with loss.retrieval=false, which
+    ranks nothing). A run whose monitor comes but is never finite writes no best.ckpt and says so at the end."""
 
     mode = "max"
 
@@ -162,13 +166,16 @@ class BestCheckpoint(_EpochEndCheckpoint):
         self.monitor = monitor
         self.best_model_score: torch.Tensor | None = None
         self.defer = True
+        self.saw_non_finite = False  # a monitor value came, but not a finite one (the end-of-training line)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.defer = isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # else: write at once
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         score = trainer.callback_metrics.get(self.monitor)
-        improved = score is not None and (self.best_model_score is None or bool(score > self.best_model_score))
+        finite = score is not None and bool(torch.isfinite(score).all())
+        self.saw_non_finite |= score is not None and not finite
+        improved = finite and (self.best_model_score is None or bool(score > self.best_model_score))
         # One decision for all ranks (the metric is synced, the clocks are not): rank 0's.
         improved, due = trainer.strategy.broadcast((improved, self.due()))
         if improved:
@@ -188,6 +195,11 @@ class BestCheckpoint(_EpochEndCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.flush(trainer)
+        if self.best_model_score is None and self.saw_non_finite and trainer.is_global_zero:
+            why = f"{self.monitor} was never finite"
+            if self.monitor.startswith("val/R@"):
+                why += " (a captioner with loss.retrieval=false ranks nothing)"
+            print(f"{self.path.name} not written: {why}; last.ckpt holds the final weights")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.flush(trainer)

@@ -1,7 +1,8 @@
 """Checkpoint callbacks on Lightning's public API: loggers hear of every file, a deferred best.ckpt is the best
-epoch's state, and two processes decide the same (no rank waits at a barrier the other never reaches).
+epoch's state, a NaN monitor is never best, and two processes decide the same (no rank waits at a barrier the
+other never reaches).
 
-The cadence, kill/resume and NaN tests are in tests/test_reliability.py."""
+The cadence, kill/resume and NaN-loss tests are in tests/test_reliability.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader, TensorDataset
 
-from nanovlm import checkpoints, tracking
+from nanovlm import checkpoints, console, tracking
 from nanovlm.data import ShapesDataModule
 from nanovlm.evaluate import load_model, retrieval
 from nanovlm.plots import embed_gallery
@@ -117,6 +119,61 @@ def test_a_deferred_best_checkpoint_holds_the_best_epochs_weights(make_cfg) -> N
     dm = ShapesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
     out = retrieval(*embed_gallery(model, dm.gallery()), dm.val_idx)
     assert (out["i2t_R@1"] + out["t2i_R@1"]) / 2 == pytest.approx(recalls[best_epoch], abs=1e-6)
+
+
+class ScriptedMonitor(pl.LightningModule):
+    """A one-weight model, one batch an epoch, whose validation logs the next of `scores` as val/R@1: the monitor
+    BestCheckpoint sees is whatever the test says."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return (self.w - 1).pow(2).sum()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/R@1", self.scores[self.current_epoch], batch_size=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1)
+
+    val_dataloader = train_dataloader
+
+
+def fit_scripted(tmp_path: Path, scores: list[float], every_s: float) -> checkpoints.BestCheckpoint:
+    console.quiet_libraries()  # as train() does
+    best = checkpoints.BestCheckpoint(tmp_path, "val/R@1", every_s=every_s)
+    trainer = pl.Trainer(
+        max_epochs=len(scores), callbacks=[best], plugins=[checkpoints.AtomicCheckpointIO()], logger=False,
+        accelerator="cpu", devices=1, num_sanity_val_steps=0, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(ScriptedMonitor(scores))
+    return best
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("every_s", [0, 1e6])  # written at once, or kept in memory until the end
+def test_a_non_finite_monitor_is_never_best(tmp_path: Path, capsys, every_s: float) -> None:
+    best = fit_scripted(tmp_path, [NAN, 0.5, NAN, INF], every_s)
+    assert torch.load(tmp_path / "best.ckpt", weights_only=False)["epoch"] == 1
+    assert float(best.best_model_score) == 0.5 and "not written" not in capsys.readouterr().out
+
+
+def test_a_monitor_never_finite_writes_no_best_checkpoint_and_says_why(tmp_path: Path, capsys) -> None:
+    fit_scripted(tmp_path, [NAN, NAN], every_s=0)
+    assert not (tmp_path / "best.ckpt").exists()
+    assert capsys.readouterr().out.splitlines() == [
+        "best.ckpt not written: val/R@1 was never finite (a captioner with loss.retrieval=false ranks nothing); "
+        "last.ckpt holds the final weights"
+    ]
 
 
 @pytest.mark.slow
