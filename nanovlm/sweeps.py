@@ -215,7 +215,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
     std = row.get(f"{key}{STD_SUFFIX}")
     if isinstance(std, float) and not math.isnan(std) and not math.isnan(row[key]):
         return f"{_fmt(row[key])} ± {std:.3f}"
-    return _fmt(row[key])
+    return _fmt(row[key], failed=_all_failed(row))
+
+
+def _all_failed(row: dict[str, Any]) -> bool:
+    """Whether no run of the row finished: then its metrics are NaN because there are none ("failed"). A run
+    that finished may still report NaN (val/R@1 of a captioner with loss.retrieval=false): that shows as "nan"."""
+    return row.get("runs", 0) > 0 and row.get("failed") == row["runs"]
 
 
 def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
@@ -223,9 +229,12 @@ def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     return max(scored, key=lambda r: r[metric]) if scored else None
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, failed: bool = False) -> str:
+    """A value for the table; NaN is "failed" where the row's runs all failed, else "nan" (see `_all_failed`)."""
     if isinstance(value, float):
-        return "failed" if math.isnan(value) else f"{value:.4g}" if abs(value) >= 10 else f"{value:.3f}"
+        if math.isnan(value):
+            return "failed" if failed else "nan"
+        return f"{value:.4g}" if abs(value) >= 10 else f"{value:.3f}"
     return str(value)
 
 
@@ -259,7 +268,8 @@ def print_table(title: str, header: list[str], rows: list[dict[str, Any]], best:
 
 
 def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric: str, title: str) -> Path:
-    """A y-by-x grid of the metric (mean over whatever else varied), failed cells marked."""
+    """A y-by-x grid of the metric (mean over whatever else varied), cells with no finished run marked
+    "failed", cells whose finished runs reported NaN marked "nan"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,7 +288,9 @@ def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric:
         cells[(r[y], r[x])].append(r)
     grid = np.full((len(ys), len(xs)), np.nan)
     spread = np.full((len(ys), len(xs)), np.nan)  # std over the runs of a cell, where rows averaged runs
+    failed = np.ones((len(ys), len(xs)), dtype=bool)  # no run of the cell finished (or the cell has no job)
     for (yv, xv), members in cells.items():
+        failed[ys.index(yv), xs.index(xv)] = all(_all_failed(r) for r in members)
         finite = [r[metric] for r in members if not math.isnan(r[metric])]
         if finite:
             grid[ys.index(yv), xs.index(xv)] = sum(finite) / len(finite)
@@ -291,7 +303,10 @@ def plot_heatmap(path: Path, rows: list[dict[str, Any]], x: str, y: str, metric:
     for i in range(len(ys)):
         for j in range(len(xs)):
             v = grid[i, j]
-            text, colour = ("failed", "red") if math.isnan(v) else (f"{v:.3f}", "white" if v < 0.8 else "black")
+            if math.isnan(v):
+                text, colour = ("failed" if failed[i, j] else "nan"), "red"
+            else:
+                text, colour = f"{v:.3f}", "white" if v < 0.8 else "black"
             if not math.isnan(v) and not math.isnan(spread[i, j]):
                 text += f"\n± {spread[i, j]:.3f}"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=10)

@@ -1,11 +1,13 @@
 """Sweeps end to end: sweep.py runs train.py -m, and the table equals what each W&B run recorded."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 import yaml
+from matplotlib.axes import Axes
 
 from nanovlm import sweeps
 from nanovlm.config import ConfigError
@@ -160,3 +162,33 @@ def test_rows_averaged_over_seeds_show_mean_and_std(tmp_path: Path) -> None:
     assert float(csv_rows["cnn"]["val/R@1 std"]) == pytest.approx(0.1)
     path = sweeps.plot_heatmap(tmp_path / "h.png", rows, "encoder", "encoder", "val/R@1", "t")
     assert path.stat().st_size > 1000
+
+
+def test_a_nan_metric_shows_as_nan_and_a_failed_run_as_failed(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A hand-built 2x2 sweep dir: a finished run whose val/R@1 is NaN (a captioner with loss.retrieval=false
+    ranks nothing) is "nan" in the table, the Markdown and the heatmap; a run whose result.json says failed is
+    "failed" there."""
+    results = {
+        ("0.05", "8"): {"status": "ok", "metrics": {"val/R@1": 0.5}},
+        ("0.05", "16"): {"status": "ok", "metrics": {"val/R@1": math.nan}},
+        ("0.1", "8"): {"status": "failed", "error": "NonFiniteLossError: training loss is nan at step 0"},
+        ("0.1", "16"): {"status": "ok", "metrics": {"val/R@1": 0.75}},
+    }
+    for num, ((temperature, dim), result) in enumerate(results.items()):
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        overrides = [f"loss.temperature={temperature}", f"model.embed_dim={dim}"]
+        (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (tmp_path / str(num) / "result.json").write_text(json.dumps(result))  # NaN as json.dumps writes it
+    drawn: list[str] = []
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, **kwargs: drawn.append(s))
+    spec = sweeps.SweepSpec(name="nan", params={}, columns=[], heatmap=["model.embed_dim", "loss.temperature"])
+    out = sweeps.report(tmp_path, spec, use_wandb=False)
+
+    cells = {(r["loss.temperature"], r["model.embed_dim"]): sweeps._cell(r, "val/R@1") for r in out["rows"]}
+    assert cells == {("0.05", "8"): "0.500", ("0.05", "16"): "nan", ("0.1", "8"): "failed", ("0.1", "16"): "0.750"}
+    md = (tmp_path / "results.md").read_text()
+    assert "| 0.05 | 16 | nan | 1 | 0 | 1 |" in md and "| 0.1 | 8 | failed | 1 | 1 | 2 |" in md
+    printed = capsys.readouterr().out
+    assert "nan" in printed and "job 2 FAILED (loss.temperature=0.1 model.embed_dim=8)" in printed
+    assert sorted(drawn) == ["0.500", "0.750", "failed", "nan"]
+    assert out["best"]["loss.temperature"] == "0.1"  # the NaN run is not best
