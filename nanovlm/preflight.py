@@ -68,12 +68,20 @@ def check_devices(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator=mps but this machine has no Apple GPU; use {_cpu_choice()}")
     devices = cfg.trainer.get("devices", "auto")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not has_cuda and not has_mps)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if on_cpu and isinstance(devices, int) and not isinstance(devices, bool) and devices > cores:
         raise ConfigError(
             f"trainer.devices={devices} asks for {devices} CPU processes but this machine has {cores} cores; "
             f"use trainer.devices={cores} or fewer"
         )
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`, a SLURM job's `--cpus-per-task`, a
+    container's cpuset) where the OS reports one, else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _cpu_choice() -> str:

@@ -122,7 +122,7 @@ def torch_threads(requested: int | None = None) -> int:
     """
     if requested is not None:
         return requested
-    cores = os.cpu_count() or 1
+    cores = preflight.available_cores()
     hydra_cfg = hydra_runtime()
     launcher = hydra_cfg.launcher if hydra_cfg is not None else {}
     n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else 1

@@ -46,7 +46,11 @@ def test_plain_loop_stops_at_the_same_epoch_and_recall_as_train(make_cfg) -> Non
 
 @pytest.mark.slow
 def test_plain_loop_equals_train_on_scenes_with_hard_negatives(make_cfg) -> None:
-    """(e)'s two loops on the scenes world, hard negatives in the loss and in validation: the same numbers."""
+    """(e)'s two loops on the scenes world, hard negatives in the loss and in validation: the same numbers.
+
+    Both rank by `nanovlm.ranking` (ties fail), so exact ties agree; the tolerance is 2 of the 6,318 val queries,
+    for a near-tie just outside the tie tolerance that the two loops' differently batched matmuls (a val batch of
+    negatives against all of them at once) can still put on either side on another CPU, BLAS or thread count."""
     _, overrides = bench.EPOCH_BENCH["(e)"]
     tiny = ["encoder.channels=[8,16,16,16]", "model.embed_dim=16", "text_encoder.width=16"]
     cfg = make_cfg(*overrides, *tiny, "trainer.max_epochs=2")
@@ -54,7 +58,7 @@ def test_plain_loop_equals_train_on_scenes_with_hard_negatives(make_cfg) -> None
     assert ours["epochs"] == plain["epochs"] == 2
     keys = ("val/i2t_R@1", "val/t2i_R@1", "val/hn_order", "val/hn_binding", "val/hn_relation")
     for key in keys:
-        assert plain[key] == pytest.approx(ours[key], abs=1e-6), key
+        assert plain[key] == pytest.approx(ours[key], abs=2 / 6318), key
     assert 0 < ours["val/hn_order"] < 1  # neither untrained nor trivial: the comparison has something to compare
 
 
