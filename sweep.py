@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from nanovlm import cli, sweeps
-from nanovlm.config import ConfigError
+from nanovlm.run import cli
+from nanovlm.run.config import ConfigError
+from nanovlm.sweeps import spec as sweeps
 
 
 def main() -> int:

@@ -5,8 +5,8 @@ import gc
 import hydra
 from omegaconf import DictConfig
 
-from nanovlm import cli
-from nanovlm.config import CONFIG_DIR, check_fixed_keys
+from nanovlm.run import cli
+from nanovlm.run.config import CONFIG_DIR, check_fixed_keys
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -15,11 +15,11 @@ def main(cfg: DictConfig) -> float:
     # Bad config: one line, exit 2; NaN loss: one line, exit 1; SIGINT/SIGTERM: exit 130/143.
     with cli.job_errors(cfg), cli.signals_raise():
         check_fixed_keys(cfg)  # before torch and Lightning load: a typo costs Hydra's start-up only
-        from nanovlm import preflight  # torch, not yet Lightning (~3x as long to import)
+        from nanovlm.run import preflight  # torch, not yet Lightning (~3x as long to import)
 
         preflight.check(cfg)  # no GPU, too many devices, a learning rate torch refuses
         # Lightning loads here, in the job: a parallel launcher's main process never needs it.
-        from nanovlm.training import train
+        from nanovlm.run.training import train
 
         if gc.get_freeze_count() == 0:  # once per process (a sweep runs several jobs in one process or worker)
             # The ~10^6 objects of torch and Lightning live as long as the process. Frozen, the garbage collector

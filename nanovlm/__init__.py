@@ -4,15 +4,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nanovlm.data import ShapesDataModule
-    from nanovlm.module import DualEncoder
-    from nanovlm.training import train
+    from nanovlm.data.shapes import ShapesDataModule
+    from nanovlm.run.training import train
+    from nanovlm.tasks.dual_encoder import DualEncoder
 
 __all__ = ["DualEncoder", "ShapesDataModule", "train"]
 
-# Loaded on first use: `import nanovlm.config` (train.py's main process, sweep.py) must not pay for importing
+# Loaded on first use: `import nanovlm.run.config` (train.py's main process, sweep.py) must not pay for importing
 # torch and Lightning, which it never uses (the cost is in docs/performance.md).
-_LAZY = {"DualEncoder": "nanovlm.module", "ShapesDataModule": "nanovlm.data", "train": "nanovlm.training"}
+_LAZY = {
+    "DualEncoder": "nanovlm.tasks.dual_encoder",
+    "ShapesDataModule": "nanovlm.data.shapes",
+    "train": "nanovlm.run.training",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from nanovlm import bench
-from nanovlm.config import ConfigError, validate
-from nanovlm.training import train
+from nanovlm.bench import figures as bench
+from nanovlm.run.config import ConfigError, validate
+from nanovlm.run.training import train
 from tests.conftest import REPO, user_env
 
 
@@ -48,9 +48,9 @@ def test_plain_loop_stops_at_the_same_epoch_and_recall_as_train(make_cfg) -> Non
 def test_plain_loop_equals_train_on_scenes_with_hard_negatives(make_cfg) -> None:
     """(e)'s two loops on the scenes world, hard negatives in the loss and in validation: the same numbers.
 
-    Both rank by `nanovlm.ranking` (ties fail), so exact ties agree; the tolerance is 2 of the 6,318 val queries,
-    for a near-tie just outside the tie tolerance that the two loops' differently batched matmuls (a val batch of
-    negatives against all of them at once) can still put on either side on another CPU, BLAS or thread count."""
+    Both rank by `nanovlm.evaluate.ranking` (ties fail), so exact ties agree; the tolerance is 2 of the 6,318 val
+    queries, for a near-tie just outside the tie tolerance that the two loops' differently batched matmuls (a val batch
+    of negatives against all of them at once) can still put on either side on another CPU, BLAS or thread count."""
     _, overrides = bench.EPOCH_BENCH["(e)"]
     tiny = ["encoder.channels=[8,16,16,16]", "model.embed_dim=16", "text_encoder.width=16"]
     cfg = make_cfg(*overrides, *tiny, "trainer.max_epochs=2")
@@ -85,7 +85,7 @@ def test_launchers_do_not_import_torch_or_lightning() -> None:
     """train.py's module level and sweep.py load neither torch nor Lightning (~2.5 s): under the joblib launcher
     the main process only composes and dispatches, and sweep.py only runs train.py -m and reads result.json."""
     probe = (
-        f"import sys; sys.path.insert(0, {str(REPO)!r}); import train, sweep, nanovlm, nanovlm.sweeps; "
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); import train, sweep, nanovlm, nanovlm.sweeps.spec; "
         "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=user_env(), check=True)

@@ -7,24 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.captioner import Captioner, slot_names
-from nanovlm.captioning import (
-    CaptionLoss,
-    CocaLoss,
-    TextDecoder,
-    greedy_decode,
-    log_likelihood,
-    pair_log_likelihoods,
-    parallel_decode,
-    slot_vocabulary,
-    teacher_forced_loss,
-)
-from nanovlm.data import COLOURS, POSITIONS, SHAPES, VOCAB, all_triples, build_tensors
-from nanovlm.encoders import CNNEncoder, ViTEncoder
-from nanovlm.evaluate import EvalConfig, evaluate
-from nanovlm.losses import clip_loss
-from nanovlm.metrics import CaptionAccuracy, true_item_rank
-from nanovlm.training import build_model, train
+from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, VOCAB, all_triples, build_tensors
+from nanovlm.evaluate.checkpoint import EvalConfig, evaluate
+from nanovlm.evaluate.metrics import CaptionAccuracy, true_item_rank
+from nanovlm.models.decoder import TextDecoder, log_likelihood, pair_log_likelihoods
+from nanovlm.models.decoding import greedy_decode, parallel_decode, slot_vocabulary
+from nanovlm.models.image import CNNEncoder, ViTEncoder
+from nanovlm.objectives.captioning import CaptionLoss, CocaLoss, teacher_forced_loss
+from nanovlm.objectives.contrastive import clip_loss
+from nanovlm.run.training import build_model, train
+from nanovlm.tasks.captioner import Captioner, slot_names
 
 V = len(VOCAB)
 
@@ -165,7 +157,7 @@ def test_captioner_on_scenes_scores_hard_negatives_by_likelihood(make_cfg) -> No
     model = build_model(make_cfg("data=scenes", "loss=cap")).eval()
     assert model.slots == ("colour_1", "shape_1", "relation", "colour_2", "shape_2")
     assert model.loss.decoder.pos_embed.shape[1] == 6 and model.loss.decoder.head.out_features == 15
-    from nanovlm.scenes import ScenesDataModule
+    from nanovlm.data.scenes import ScenesDataModule
 
     world = ScenesDataModule.__new__(ScenesDataModule)  # only the tokenizer, not the 12,636 images
     tokenizer = world.tokenizer()

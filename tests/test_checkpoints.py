@@ -15,11 +15,12 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
-from nanovlm import checkpoints, console, tracking
-from nanovlm.data import ShapesDataModule
-from nanovlm.evaluate import load_model, retrieval
-from nanovlm.plots import embed_gallery
-from nanovlm.training import train
+from nanovlm.data.shapes import ShapesDataModule
+from nanovlm.evaluate.checkpoint import load_model
+from nanovlm.evaluate.plots import embed_gallery
+from nanovlm.evaluate.retrieval import retrieval
+from nanovlm.run import checkpoints, console, tracking
+from nanovlm.run.training import train
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
 

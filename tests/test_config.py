@@ -4,9 +4,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from nanovlm.config import CONFIG_DIR
-from nanovlm.data import build_tensors
-from nanovlm.training import build_model
+from nanovlm.data.shapes import build_tensors
+from nanovlm.run.config import CONFIG_DIR
+from nanovlm.run.training import build_model
 
 GROUPS = ("data", "encoder", "text_encoder", "loss", "optimizer", "scheduler", "trainer", "logger", "plots")
 
@@ -76,8 +76,8 @@ def test_the_wheel_ships_every_config(tmp_path) -> None:
 
 def test_a_key_under_an_option_without_settings_is_one_line(make_cfg) -> None:
     """scheduler=none has no `_target_`: a key added under it is refused by name, not with omegaconf's error."""
-    from nanovlm import preflight
-    from nanovlm.config import ConfigError
+    from nanovlm.run import preflight
+    from nanovlm.run.config import ConfigError
 
     cfg = make_cfg("+scheduler.nosuch_key=-1")
     with pytest.raises(ConfigError, match=r"^unknown key scheduler\.nosuch_key: the chosen scheduler option takes"):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from nanovlm.console import NotFrom
+from nanovlm.run.console import NotFrom
 
 UNWANTED = {
     "W&B's warning about a deprecated setting Lightning passes": "anonymous setting",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanovlm.data import (
+from nanovlm.data.shapes import (
     BACKGROUND,
     COLOURS,
     IMAGE_SIZE,
@@ -9,7 +9,6 @@ from nanovlm.data import (
     SHAPES,
     VOCAB,
     ShapesDataModule,
-    Tokenizer,
     all_triples,
     build_tensors,
     cell_box,
@@ -69,7 +68,7 @@ def test_render_rejects_unknown_attribute() -> None:
 
 
 def test_tokenizer_round_trip_and_unknown_word() -> None:
-    tok = Tokenizer()
+    tok = ShapesDataModule.tokenizer()
     assert len(tok) == len(VOCAB) == 1 + 9 + 3 + 9
     for text in ("pink circle top", "green square bottom-right"):
         ids = tok.encode(text)

@@ -14,9 +14,9 @@ import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nanovlm.config import CONFIG_DIR
-from nanovlm.losses import ClipLoss, SigLipLoss
-from nanovlm.metrics import RetrievalRecall
+from nanovlm.evaluate.metrics import RetrievalRecall
+from nanovlm.objectives.contrastive import ClipLoss, SigLipLoss
+from nanovlm.run.config import CONFIG_DIR
 from tests.conftest import inspect_wandb_run, run_cli
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.data import VOCAB, build_tensors
-from nanovlm.encoders import AttentionTextEncoder, CNNEncoder, MeanPoolTextEncoder, ViTEncoder
+from nanovlm.data.shapes import VOCAB, build_tensors
+from nanovlm.models.image import CNNEncoder, ViTEncoder
+from nanovlm.models.text import AttentionTextEncoder, MeanPoolTextEncoder
 
 
 @pytest.mark.parametrize("dim", [16, 32, 64])

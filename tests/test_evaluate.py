@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from nanovlm.config import CONFIG_DIR
-from nanovlm.data import COLOURS, POSITIONS, SHAPES, all_triples
-from nanovlm.evaluate import EvalConfig, evaluate, load_model, main, retrieval, zero_shot
-from nanovlm.training import train
+from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, all_triples
+from nanovlm.evaluate.checkpoint import EvalConfig, evaluate, load_model, main
+from nanovlm.evaluate.retrieval import retrieval
+from nanovlm.evaluate.zero_shot import zero_shot
+from nanovlm.run.config import CONFIG_DIR
+from nanovlm.run.training import train
 from tests.conftest import QUIET, REPO
 
 
@@ -35,8 +37,8 @@ def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) ->
     ckpt, metrics = short_run
     model, config = load_model(ckpt)
     assert config["model"]["embed_dim"] == 16 and config["trainer"]["max_epochs"] == 4
-    from nanovlm.data import ShapesDataModule
-    from nanovlm.plots import embed_gallery
+    from nanovlm.data.shapes import ShapesDataModule
+    from nanovlm.evaluate.plots import embed_gallery
 
     dm = ShapesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
     image_emb, text_emb = embed_gallery(model, dm.gallery())
@@ -110,7 +112,7 @@ def test_evaluate_writes_metrics_pictures_and_demo(short_run, tmp_path: Path, ca
 
 @pytest.mark.integration
 def test_image_file_gives_the_same_captions_as_its_gallery_index(short_run, tmp_path: Path) -> None:
-    from nanovlm.data import render
+    from nanovlm.data.shapes import render
 
     ckpt, _ = short_run
     path = tmp_path / "shape.png"

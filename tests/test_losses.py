@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.losses import ClipLoss, SigLipLoss, clip_loss, siglip_loss
+from nanovlm.objectives.contrastive import ClipLoss, SigLipLoss, clip_loss, siglip_loss
 
 
 def reference_clip_loss(img: torch.Tensor, txt: torch.Tensor, tau: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanovlm.metrics import RetrievalRecall, true_item_rank
+from nanovlm.evaluate.metrics import RetrievalRecall, true_item_rank
 
 
 def _compute(scores: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor | None = None) -> dict:

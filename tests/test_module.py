@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from nanovlm.data import VOCAB
-from nanovlm.encoders import AttentionTextEncoder, ViTEncoder
-from nanovlm.losses import SigLipLoss
-from nanovlm.module import DualEncoder, weight_decay_groups
-from nanovlm.schedules import warmup_cosine
-from nanovlm.training import build_model, train
+from nanovlm.data.shapes import VOCAB
+from nanovlm.models.image import ViTEncoder
+from nanovlm.models.text import AttentionTextEncoder
+from nanovlm.objectives.contrastive import SigLipLoss
+from nanovlm.run.schedules import warmup_cosine
+from nanovlm.run.training import build_model, train
+from nanovlm.tasks.dual_encoder import DualEncoder, weight_decay_groups
 
 
 def test_weight_decay_reaches_only_weight_matrices() -> None:

@@ -1,4 +1,4 @@
-"""nanovlm.plots: every picture is a real PNG; the callback draws them in the run dir and logs them to W&B."""
+"""nanovlm.evaluate.plots: every picture is a real PNG; the callback draws them in the run dir and logs them to W&B."""
 
 from pathlib import Path
 
@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from nanovlm import plots
-from nanovlm.config import CONFIG_DIR
-from nanovlm.data import all_triples, build_tensors
-from nanovlm.training import train
+from nanovlm.data.shapes import all_triples, build_tensors
+from nanovlm.evaluate import plots
+from nanovlm.run.config import CONFIG_DIR
+from nanovlm.run.training import train
 from tests.conftest import QUIET, inspect_wandb_run
 
 

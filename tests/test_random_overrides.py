@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nanovlm import cli, preflight
-from nanovlm.config import CONFIG_DIR, ConfigError, RunError, check_fixed_keys
-from nanovlm.training import train
+from nanovlm.run import cli, preflight
+from nanovlm.run.config import CONFIG_DIR, ConfigError, RunError, check_fixed_keys
+from nanovlm.run.training import train
 from tests.conftest import QUIET, REPO, user_env
 
 # Small and bounded: one epoch (4 steps of 64) of a tiny model, no W&B, no pictures.

@@ -1,4 +1,5 @@
-"""The one ranking rule (nanovlm.ranking), on hand-built scores: ties fail, NaN ranks last, several true items."""
+"""The one ranking rule (nanovlm.evaluate.ranking), on hand-built scores: ties fail, NaN ranks last, several true
+items."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import torch
 
-from nanovlm.ranking import TIE_TOLERANCE, beats, true_item_rank
+from nanovlm.evaluate.ranking import TIE_TOLERANCE, beats, true_item_rank
 
 NAN, INF = float("nan"), float("inf")
 

@@ -18,12 +18,13 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from nanovlm import checkpoints, cli, preflight, sweeps
-from nanovlm.config import CONFIG_DIR, ConfigError, check_fixed_keys
-from nanovlm.guards import NonFiniteLossError, NonFiniteLossGuard
-from nanovlm.losses import ClipLoss
-from nanovlm.tracking import wandb_mode
-from nanovlm.training import train
+from nanovlm.objectives.contrastive import ClipLoss
+from nanovlm.run import checkpoints, cli, preflight
+from nanovlm.run.config import CONFIG_DIR, ConfigError, check_fixed_keys
+from nanovlm.run.guards import NonFiniteLossError, NonFiniteLossGuard
+from nanovlm.run.tracking import wandb_mode
+from nanovlm.run.training import train
+from nanovlm.sweeps import spec as sweeps
 from tests.conftest import QUIET, REPO, inspect_wandb_runs, run_cli, user_env
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
@@ -137,7 +138,7 @@ BAD_VALUES = [
     ("logger.mode=onlin", "logger.mode must be one of offline, online, disabled, got 'onlin'"),
     ("optimizer.lr=fast", "optimizer.lr must be"),
     ("encoder.channels=[8,x]", "encoder.channels must be a list of integers, got [8, 'x']"),
-    ("+encoder.depth=3", "unknown key encoder.depth for nanovlm.encoders.image.CNNEncoder; allowed keys: embed_dim"),
+    ("+encoder.depth=3", "unknown key encoder.depth for nanovlm.models.image.CNNEncoder; allowed keys: embed_dim"),
     ("+trainer.max_epoch=3", "unknown key trainer.max_epoch for lightning.Trainer; allowed keys: accelerator"),
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt: no such checkpoint file"),
 ]
@@ -579,7 +580,7 @@ if __name__ == "__main__":  # regenerate the table in docs/errors.md
 def test_preempted_hands_the_job_back_to_the_launcher_or_to_slurm(monkeypatch, tmp_path: Path) -> None:
     """After the checkpoint: submitit's own handler when the launcher installed one (it requeues with the same
     config), else `scontrol requeue <job>` inside a SLURM job, else nothing (a local run just stops)."""
-    from nanovlm import guards
+    from nanovlm.run import guards
 
     called: list = []
     guards.Preempted(signal.SIGUSR2, tmp_path, 3, lambda signum, frame: called.append(signum)).requeue()

@@ -10,19 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanovlm.data import COLOURS, POSITIONS, cell_box
-from nanovlm.encoders.text import AttentionTextEncoder, MeanPoolTextEncoder
-from nanovlm.metrics import HardNegativeAccuracy, RetrievalRecall, hard_negative_accuracy
-from nanovlm.scenes import (
+from nanovlm.data.scenes import (
     N_PLACEMENTS,
     NEGATIVE_KINDS,
     OBJECTS,
     RELATIONS,
     ScenesDataModule,
-    Tokenizer,
     all_scenes,
     caption,
 )
+from nanovlm.data.shapes import COLOURS, POSITIONS, cell_box
+from nanovlm.data.tokenizer import Tokenizer
+from nanovlm.evaluate.metrics import HardNegativeAccuracy, RetrievalRecall, hard_negative_accuracy
+from nanovlm.models.text import AttentionTextEncoder, MeanPoolTextEncoder
 
 
 @functools.cache
@@ -244,7 +244,7 @@ def test_recall_with_several_true_items_uses_the_best_one() -> None:
     # A single true column gives the same rank as its one-hot mask.
     col = torch.tensor([3, 2])
     mask = F.one_hot(col, 4).bool()
-    from nanovlm.metrics import true_item_rank
+    from nanovlm.evaluate.metrics import true_item_rank
 
     assert torch.equal(true_item_rank(scores, col), true_item_rank(scores, mask))
 
@@ -261,7 +261,7 @@ def test_scenes_words_are_all_used() -> None:
 
 
 def test_build_model_takes_vocabulary_and_caption_length_from_the_world(make_cfg) -> None:
-    from nanovlm.training import build_model
+    from nanovlm.run.training import build_model
 
     scenes = build_model(make_cfg("data=scenes", "text_encoder=mha")).text_encoder
     shapes = build_model(make_cfg("text_encoder=mha")).text_encoder
@@ -270,8 +270,8 @@ def test_build_model_takes_vocabulary_and_caption_length_from_the_world(make_cfg
 
 
 def test_hard_negatives_on_a_world_without_them_is_a_config_error(make_cfg) -> None:
-    from nanovlm.config import ConfigError
-    from nanovlm.training import build
+    from nanovlm.run.config import ConfigError
+    from nanovlm.run.training import build
 
     with pytest.raises(ConfigError, match=r"loss.hard_negatives=true needs a world with hard negatives"):
         build(make_cfg("loss.hard_negatives=true"))
@@ -282,8 +282,8 @@ def scenes_run(tmp_path_factory: pytest.TempPathFactory):
     """One short scenes run with hard negatives (a few batches, a light CNN, pictures on), and its checkpoint."""
     from hydra import compose, initialize_config_dir
 
-    from nanovlm.config import CONFIG_DIR
-    from nanovlm.training import train
+    from nanovlm.run.config import CONFIG_DIR
+    from nanovlm.run.training import train
     from tests.conftest import QUIET
 
     run_dir = tmp_path_factory.mktemp("scenes_run")
@@ -312,8 +312,9 @@ def test_a_scenes_run_logs_hard_negative_accuracy_and_draws_its_pictures(scenes_
 def test_evaluate_agrees_with_validation_on_scenes(scenes_run, tmp_path) -> None:
     """The same 4 x 128 val images that validation saw (limit_val_batches=4) give the same recall and hard-negative
     accuracy through nanovlm.evaluate's functions, and score_pairs gives validation's cosines."""
-    from nanovlm.evaluate import hard_negatives, load_model, retrieval
-    from nanovlm.plots import embed_gallery
+    from nanovlm.evaluate.checkpoint import load_model
+    from nanovlm.evaluate.plots import embed_gallery
+    from nanovlm.evaluate.retrieval import hard_negatives, retrieval
 
     run_dir, metrics = scenes_run
     model, config = load_model(run_dir / "checkpoints" / "last.ckpt")

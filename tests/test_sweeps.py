@@ -9,8 +9,8 @@ import pytest
 import yaml
 from matplotlib.axes import Axes
 
-from nanovlm import sweeps
-from nanovlm.config import ConfigError
+from nanovlm.run.config import ConfigError
+from nanovlm.sweeps import spec as sweeps
 from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "plots=none"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanovlm.training import train
+from nanovlm.run.training import train
 from tests.conftest import inspect_wandb_run, wandb_records
 
 
@@ -22,7 +22,7 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(default_cli_run, mak
     assert run["state"] == "finished" and run["project"] == "nanovlm" and run["name"] == "cnn-mean-clip"
     assert run["config"]["model"]["embed_dim"] == defaults.model.embed_dim  # the composed config, as W&B's config
     assert run["config"]["loss"]["temperature"] == defaults.loss.temperature
-    assert run["config"]["encoder"]["_target_"] == "nanovlm.encoders.image.CNNEncoder"
+    assert run["config"]["encoder"]["_target_"] == "nanovlm.models.image.CNNEncoder"
     summary = run["summary"]
     assert summary["epoch"] == 1
     keys = ("train/loss", "train/lr", "val/i2t_R@5", "val/t2i_R@10", "val/i2t_median_rank")

@@ -1,0 +1,470 @@
+"""Benchmark: what the Lightning training path costs over a minimal plain-PyTorch loop.
+
+    python -m nanovlm.bench                 # all five figures, several repeats; writes outputs/bench.md
+    python -m nanovlm.bench --only e        # one figure: (e), the scenes epoch
+    python -m nanovlm.bench --quick         # seconds: (a) and (c) only, 2 repeats, few epochs
+
+(a) steady-state seconds per epoch of the default model: `train()` exactly as train.py runs it (checkpoints, NaN
+    guard, validation every epoch; W&B off) vs `plain_run` below, the loop a researcher would write: the same model
+    classes (`build_model`), optimizer and schedule, the world's tensors indexed directly in the same shuffled
+    order (same per-epoch seeds), and its own validation against the whole gallery;
+(b) whole-process wall time to val R@1 >= 0.95: `python train.py stop_at_recall=0.95` vs `python -m nanovlm.bench
+    --plain --stop-at 0.95`, imports included;
+(c) process start to the first training step of `python train.py`;
+(d) `python sweep.py sweep=temperature_dim`, serial vs `launcher=joblib`, and the ceiling that this machine's cores
+    put on that speed-up: one plain fit on all threads vs two fits at once on half the threads each;
+(e) as (a), on the scenes world with its headline model (mha text encoder, hard negatives, order held out).
+Machines are noisy, so every figure is a median with its range, and the ratios are the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from nanovlm.evaluate.ranking import beats, true_item_rank
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    """The config train.py would compose, with `overrides`."""
+    from hydra import compose, initialize_config_dir
+
+    from nanovlm.run.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+# --- Timers hooked into the Lightning path ------------------------------------------------------------------------
+
+
+class EpochTimer(L.Callback):
+    """Wall clock at each train epoch start, validation start and fit end: epoch and train-only times."""
+
+    def __init__(self) -> None:
+        self.epoch_start: list[float] = []
+        self.val_start: list[float] = []
+        self.fit_end = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_start.append(time.perf_counter())
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_start.append(time.perf_counter())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_end = time.perf_counter()
+
+    def times(self) -> tuple[list[float], list[float]]:
+        """(train-only seconds, whole-epoch seconds incl. validation and checkpoints) per epoch."""
+        ends = [*self.epoch_start[1:], self.fit_end]
+        return [v - s for s, v in zip(self.epoch_start, self.val_start, strict=False)], [
+            e - s for s, e in zip(self.epoch_start, ends, strict=True)
+        ]
+
+
+class FirstStepClock(L.Callback):
+    """Writes the Unix time of the first training step to `path`: (c) in a train.py subprocess."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            Path(self.path).write_text(repr(time.time()))
+
+
+# --- The plain loop ----------------------------------------------------------------------------------------------
+
+
+def top1(scores: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Share of queries (rows) whose best true item outscores every false one, by the one ranking rule
+    (`nanovlm.evaluate.ranking`: ties fail, NaN last). The plain loop keeps its own validation (no torchmetrics, no
+    gallery cache), but ranks with the same rule: two code paths that use two tie rules disagree on near-ties."""
+    return true_item_rank(scores, true).eq(1).float().mean()
+
+
+@torch.no_grad()
+def plain_validate(model: torch.nn.Module, world) -> dict[str, float]:
+    """val R@1 both ways against the world's whole gallery (every image, every distinct caption), and on a world
+    with hard negatives the share of val images whose caption outscores each kind of negative (as DualEncoder)."""
+    model.eval()
+    gallery = world.gallery()
+    images = torch.cat(
+        [model.image_encoder(gallery["image"][i : i + 2048]) for i in range(0, len(gallery["image"]), 2048)]
+    )
+    texts = model.text_encoder(gallery["tokens"])  # [C, D]
+    caption_of = gallery["caption"]  # [N]
+    index = world.val_idx
+    caption = caption_of[index]  # [V] each val image's caption
+    i2t = top1(images[index] @ texts.T, torch.nn.functional.one_hot(caption, len(texts)).bool())
+    queries = caption.unique()  # a caption shown by several val images is one text query
+    t2i = top1(texts[queries] @ images.T, caption_of[None, :] == queries[:, None])
+    result = {"val/i2t_R@1": float(i2t), "val/t2i_R@1": float(t2i), "val/R@1": float((i2t + t2i) / 2)}
+    if world.negative_kinds:
+        negatives, valid = (world.caption_extras[k][caption] for k in ("negatives", "negative_valid"))  # [V, K, ...]
+        negative_emb = model.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [V, K, D]
+        true_scores = (images[index] * texts[caption]).sum(-1)  # [V]
+        wins = beats(true_scores[:, None], (images[index][:, None] * negative_emb).sum(-1))  # [V, K], ties fail
+        for k, kind in enumerate(world.negative_kinds):
+            result[f"val/hn_{kind}"] = float(wins[valid[:, k], k].float().mean())
+    model.train()
+    return result
+
+
+def shuffle(n: int, base_seed: bool = True) -> torch.Tensor:
+    """A random order of n items from the global RNG, as DataLoader(shuffle=True) draws it: a base seed when its
+    iterator is made, then the sampler's seed at the first batch. The plain loop sees the same batches as train()."""
+    if base_seed:
+        torch.empty((), dtype=torch.int64).random_()
+    generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_()))
+    return torch.randperm(n, generator=generator)
+
+
+def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object]:
+    """Train `cfg`'s model with the loop a researcher would write: the world's in-memory tensors indexed directly
+    (no DataLoader), the same model classes, optimizer and schedule, the same per-epoch shuffles as `train()`, and
+    a validation of its own (`plain_validate`)."""
+    from hydra.utils import instantiate
+
+    from nanovlm.run.checkpoints import epoch_seed
+    from nanovlm.run.training import build_model, torch_threads
+
+    torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    world = instantiate(cfg.data)  # same order of RNG draws as training.build()
+    model = build_model(cfg)
+    # The same parameter groups train() builds; the schedule is built here, over the steps this loop takes.
+    make_scheduler, model.scheduler_factory = model.scheduler_factory, None
+    optimizer = model.configure_optimizers()
+    n, batch_size = len(world.train_idx), world.batch_size
+    total_steps = cfg.trainer.max_epochs * math.ceil(n / batch_size)
+    scheduler = make_scheduler(optimizer, total_steps=total_steps) if make_scheduler is not None else None
+    hard_negatives = getattr(model.loss, "hard_negatives", False)
+    train_s: list[float] = []
+    epoch_s: list[float] = []
+    metrics: dict[str, float] = {"val/R@1": 0.0}
+    for epoch in range(cfg.trainer.max_epochs):
+        start = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # this epoch's shuffle, as ResumableRun seeds it
+        # With a schedule, Lightning makes epoch 0's iterator (its base-seed draw) while counting the schedule's
+        # steps, before train() seeds epoch 0; the sampler draws its seed at the first batch, after the seeding.
+        order = world.train_idx[shuffle(n, base_seed=epoch > 0 or scheduler is None)]
+        for i in range(0, n, batch_size):
+            index = order[i : i + batch_size]
+            caption = world.caption_of[index]
+            image_emb, text_emb = model(world.images[index], world.tokens[caption])
+            if hard_negatives:
+                extras = {k: world.caption_extras[k][caption] for k in ("negatives", "negative_valid", "negative_id")}
+                negatives = model.text_encoder(extras["negatives"].flatten(0, 1))
+                loss = model.loss(
+                    image_emb,
+                    text_emb,
+                    negatives,
+                    extras["negative_valid"].flatten(),
+                    caption_id=caption,
+                    negative_id=extras["negative_id"].flatten(),
+                )
+            else:
+                loss = model.loss(image_emb, text_emb, caption_id=caption)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        train_s.append(time.perf_counter() - start)
+        metrics = plain_validate(model, world)
+        epoch_s.append(time.perf_counter() - start)
+        if stop_at is not None and metrics["val/R@1"] >= stop_at:
+            break
+    return {"epochs": len(epoch_s), **metrics, "train_s": train_s, "epoch_s": epoch_s}
+
+
+def lightning_run(cfg: DictConfig) -> dict[str, object]:
+    """`train(cfg)` with an EpochTimer appended."""
+    from nanovlm.run.training import train
+
+    timer = EpochTimer()
+    metrics = train(cfg, extra_callbacks=[timer])
+    train_s, epoch_s = timer.times()
+    val = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    return {"epochs": len(epoch_s), **val, "train_s": train_s, "epoch_s": epoch_s}
+
+
+# --- Statistics and the table --------------------------------------------------------------------------------------
+
+
+def summary(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def cell(values: Sequence[float], unit: str = "s") -> str:
+    med, lo, hi = summary(values)
+    fmt = ".3f" if med < 1 else ".2f" if med < 10 else ".1f"
+    return f"{med:{fmt}} {unit} ({lo:{fmt}}–{hi:{fmt}}, n={len(values)})"
+
+
+def steady(per_epoch: Sequence[float]) -> float:
+    """Median epoch time without the first epoch (warm-up: first-call allocations, lazy inits)."""
+    return statistics.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)
+
+
+Row = tuple[str, str, str, str, str]  # figure, Lightning, plain / parallel, ratio, target
+
+
+def ratio_cell(a: Sequence[float], b: Sequence[float]) -> tuple[str, float]:
+    ratio = statistics.median(a) / statistics.median(b)
+    return f"{ratio:.2f}x", ratio
+
+
+def markdown(rows: Sequence[Row], header: str) -> str:
+    lines = [header, "", "| figure | nanovlm (Lightning) | reference | ratio | target |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --- The four figures ----------------------------------------------------------------------------------------------
+
+
+# The worlds (a) and (e) time: the default model on the seed world; the scenes headline model (docs/scenes.md),
+# validating every epoch so that each timed epoch holds a validation.
+EPOCH_BENCH = {
+    "(a)": ("shapes", []),
+    "(e)": (
+        "scenes",
+        ["data=scenes", "data.split=order_holdout", "text_encoder=mha", "loss.hard_negatives=true",
+         "trainer.check_val_every_n_epoch=1", "plots=none"],
+    ),
+}  # fmt: skip
+
+
+def bench_epochs(epochs: int, repeats: int, tmp: Path, figure: str = "(a)") -> tuple[list[Row], dict[str, float]]:
+    """(a) or (e): in-process, alternating Lightning and plain runs so that background load hits both alike."""
+    world, overrides = EPOCH_BENCH[figure]
+    runs: dict[str, list[dict]] = {"lightning": [], "plain": []}
+    for r in range(repeats):
+        run_dir = f"run_dir={tmp / f'{world}{r}'}"
+        cfg = compose_cfg(run_dir, "logger=none", f"trainer.max_epochs={epochs}", *overrides, *QUIET)
+        runs["lightning"].append(lightning_run(cfg))
+        runs["plain"].append(plain_run(cfg))
+    rows: list[Row] = []
+    ratios: dict[str, float] = {}
+    for key, label, target in (("train_s", "train epoch, s", 1.15), ("epoch_s", "train + val epoch, s", 1.15)):
+        lit = [steady(run[key]) for run in runs["lightning"]]
+        plain = [steady(run[key]) for run in runs["plain"]]
+        text, ratio = ratio_cell(lit, plain)
+        ratios[f"{figure} {label}"] = ratio
+        rows.append(
+            (
+                f"{figure} {world}: {label} ({epochs} epochs, W&B off)",
+                cell(lit),
+                f"plain loop {cell(plain)}",
+                text,
+                f"<= {target}x",
+            )
+        )
+    same = all(abs(a["val/R@1"] - b["val/R@1"]) < 1e-6 for a, b in zip(runs["lightning"], runs["plain"], strict=True))
+    ratios[f"{figure} same_result"] = float(same)  # same seeds, batches and maths: the two loops must agree
+    rows.append((f"{figure} {world}: final val R@1 identical in both loops", "yes" if same else "NO", "", "", "yes"))
+    return rows, ratios
+
+
+def _timed(command: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return elapsed, proc
+
+
+def bench_time_to_target(target: float, repeats: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
+    """(b): whole processes, imports included; train.py with W&B off and with W&B offline."""
+    times: dict[str, list[float]] = {"none": [], "wandb": [], "plain": []}
+    for r in range(repeats):
+        for logger in ("none", "wandb"):
+            run_dir = tmp / f"ttt_{logger}{r}"
+            args = [f"run_dir={run_dir}", f"logger={logger}", f"stop_at_recall={target}", "trainer.max_epochs=300"]
+            elapsed, _ = _timed([sys.executable, str(REPO / "train.py"), *args], tmp)
+            times[logger].append(elapsed)
+        elapsed, _ = _timed([sys.executable, "-m", "nanovlm.bench", "--plain", "--stop-at", str(target)], tmp)
+        times["plain"].append(elapsed)
+    rows, ratios = [], {}
+    for logger, label in (("none", "W&B off"), ("wandb", "W&B offline")):
+        text, ratio = ratio_cell(times[logger], times["plain"])
+        ratios[f"(b) time to target, {label}"] = ratio
+        rows.append(
+            (
+                f"(b) `train.py` to val R@1 >= {target}, {label}",
+                cell(times[logger]),
+                f"plain script {cell(times['plain'])}",
+                text,
+                "<= 1.5x",
+            )
+        )
+    return rows, ratios
+
+
+def bench_first_step(
+    repeats: int, tmp: Path, loggers: Sequence[str] = ("none", "wandb")
+) -> tuple[list[Row], dict[str, float]]:
+    """(c): from launching `python train.py` to its first training step (interpreter, imports, config, set-up)."""
+    times: dict[str, list[float]] = {logger: [] for logger in loggers}
+    for r in range(repeats):
+        for logger in times:
+            stamp = tmp / f"first_step_{logger}{r}"
+            args = [
+                f"run_dir={tmp / f'fs_{logger}{r}'}", f"logger={logger}", "trainer.max_epochs=1",
+                "+callbacks.clock._target_=nanovlm.bench.figures.FirstStepClock", f"+callbacks.clock.path={stamp}",
+            ]  # fmt: skip
+            start = time.time()
+            _timed([sys.executable, str(REPO / "train.py"), *args], tmp)
+            times[logger].append(float(stamp.read_text()) - start)
+    rows = [
+        (f"(c) import to first step, {label}", cell(times[logger]), "", "", "<= 5 s")
+        for logger, label in (("none", "W&B off"), ("wandb", "W&B offline"))
+        if logger in times
+    ]
+    return rows, {f"(c) first step {k}": statistics.median(v) for k, v in times.items()}
+
+
+def bench_sweep(epochs: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
+    """(d): the 12-job sweep once each way (a sweep is minutes: one repeat, reduced epochs).
+
+    Each way pays fixed costs (sweep.py and train.py start-up, the joblib workers' imports, the table and heatmap)
+    that parallel jobs cannot shorten, so the speed-up grows with the epochs per job."""
+    times = {}
+    for launcher in ("basic", "joblib"):
+        args = ["sweep=temperature_dim", f"trainer.max_epochs={epochs}", "logger=none"]
+        if launcher == "joblib":
+            args.append("launcher=joblib")
+        times[launcher] = [_timed([sys.executable, str(REPO / "sweep.py"), *args], tmp)[0]]
+    text, _ = ratio_cell(times["basic"], times["joblib"])
+    speedup = statistics.median(times["basic"]) / statistics.median(times["joblib"])
+    row = (
+        f"(d) 12-job sweep, {epochs} epochs, serial vs joblib",
+        cell(times["basic"]),
+        f"joblib {cell(times['joblib'])}",
+        f"{text} speed-up",
+        ">= 1.5x",
+    )
+    return [row], {"(d) sweep speedup": speedup}
+
+
+def bench_parallel_bound(
+    epochs: int, repeats: int, command: Sequence[str] | None = None
+) -> tuple[list[Row], dict[str, float]]:
+    """An estimate of (d)'s ceiling on this machine: the plain loop's fit (train + val) on all cores, what one
+    serial job gets, vs two fits at once on cores // 2 threads each, what two parallel jobs get. Side by side,
+    fitting runs about 2 x t(one fit, all threads) / t(two fits at once, half the threads each) faster; the
+    single-threaded rest of a job (pictures, set-up, Lightning's Python) can gain up to 2x on 2 cores."""
+    cores = os.cpu_count() or 1
+    half = max(1, cores // 2)
+    # `command` (the plain loop's by default) prints a JSON line with "time/fit_s" and takes torch_threads=N last.
+    plain = list(command or [sys.executable, "-m", "nanovlm.bench", "--plain", f"trainer.max_epochs={epochs}"])
+
+    def fit_seconds(*procs: subprocess.Popen) -> list[float]:
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"{' '.join(plain)} failed")
+        return [json.loads(out.strip().splitlines()[-1])["time/fit_s"] for out in outs]
+
+    def start(threads: int) -> subprocess.Popen:
+        return subprocess.Popen([*plain, f"torch_threads={threads}"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+    alone, pair = [], []
+    for _ in range(repeats):
+        alone += fit_seconds(start(cores))
+        pair.append(max(fit_seconds(start(half), start(half))))
+    bound = 2 * statistics.median(alone) / statistics.median(pair)
+    row = (
+        f"(d) plain-loop fits (train + val, {epochs} epochs): 1 on {cores} threads vs 2 at once on {half} each",
+        cell(alone),
+        f"2 at once {cell(pair)}",
+        f"{bound:.2f}x speed-up for fits",
+        "",
+    )
+    return [row], {"(d) parallel ceiling": bound}
+
+
+def both(*parts: tuple[list[Row], dict[str, float]]) -> tuple[list[Row], dict[str, float]]:
+    """Several figures' (rows, numbers) as one."""
+    return [row for rows, _ in parts for row in rows], {k: v for _, numbers in parts for k, v in numbers.items()}
+
+
+def run_bench(
+    quick: bool, out: Path | None, sweep_epochs: int = 30, only: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """Run the figures (those of `only`, e.g. "ae", if given), return (Markdown table, headline numbers); write the
+    table to `out`."""
+    rows: list[Row] = []
+    numbers: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="nanovlm-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        parts: dict[str, Callable[[], tuple[list[Row], dict[str, float]]]] = (
+            {"a": lambda: bench_epochs(3, 2, tmp), "c": lambda: bench_first_step(1, tmp, loggers=("none",))}
+            if quick
+            else {
+                "a": lambda: bench_epochs(20, 5, tmp),
+                "b": lambda: bench_time_to_target(0.95, 3, tmp),
+                "c": lambda: bench_first_step(3, tmp),
+                "d": lambda: both(bench_sweep(sweep_epochs, tmp), bench_parallel_bound(sweep_epochs, 3)),
+                "e": lambda: bench_epochs(3, 3, tmp, "(e)"),
+            }
+        )
+        for letter, part in parts.items():
+            if only is not None and letter not in only:
+                continue
+            part_rows, part_numbers = part()
+            rows += part_rows
+            numbers.update(part_numbers)
+            print("\n".join("| " + " | ".join(r) + " |" for r in part_rows), flush=True)
+    command = f"python -m nanovlm.bench{' --quick' if quick else ''}{f' --only {only}' if only else ''}"
+    header = f"`{command}` on {os.cpu_count()} CPU cores, torch {torch.__version__}, Lightning {L.__version__}"
+    table = markdown(rows, header)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    return table, numbers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few repeats, few epochs: (a) and (c) only")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/bench.md"), help="Markdown table (default outputs/bench.md)"
+    )
+    parser.add_argument("--sweep-epochs", type=int, default=30, help="trainer.max_epochs of each sweep job in (d)")
+    parser.add_argument("--only", default=None, help="the figures to run, e.g. --only e (the scenes epoch)")
+    parser.add_argument("--plain", action="store_true", help="just run the plain loop (what (b) times)")
+    parser.add_argument("--stop-at", type=float, default=None, help="with --plain: stop at this val R@1")
+    parser.add_argument("overrides", nargs="*", help="with --plain: Hydra overrides, e.g. model.embed_dim=16")
+    args = parser.parse_args(argv)
+    if args.plain:
+        result = plain_run(compose_cfg("run_dir=unused", *args.overrides), stop_at=args.stop_at)
+        print(
+            json.dumps({"epochs": result["epochs"], "val/R@1": result["val/R@1"], "time/fit_s": sum(result["epoch_s"])})
+        )
+        return 0
+    table, _ = run_bench(args.quick, args.out, args.sweep_epochs, args.only)
+    print(table)
+    return 0

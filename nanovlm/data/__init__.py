@@ -1,0 +1,9 @@
+"""The worlds nanovlm trains on, and what every world hands the model.
+
+- `datamodule`: the batch contract and `WorldDataModule`, the base every world fills in;
+- `tokenizer`: the closed word-level tokenizer a world builds over its vocabulary;
+- `shapes`: the seed world, one coloured shape in a 3x3 grid (243 pairs); also what the other worlds draw with;
+- `scenes`: two objects and a relation, with hard negatives (12,636 images).
+
+Nothing is imported here: `nanovlm.data.tokenizer` must not pay for Lightning.
+"""

@@ -1,0 +1,215 @@
+"""train(cfg): the one place that turns a composed config into objects and runs Trainer.fit."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from nanovlm.data.datamodule import WorldDataModule
+from nanovlm.run import checkpoints, console, preflight, tracking
+from nanovlm.run.callbacks import ParamSummary, StopAtRecall, ValidateLastEpoch
+from nanovlm.run.cli import write_result
+from nanovlm.run.config import ConfigError, hydra_runtime, validate
+from nanovlm.run.guards import NonFiniteLossGuard, Preempted, Preemption
+from nanovlm.tasks.captioner import build_captioner, is_captioning
+from nanovlm.tasks.dual_encoder import DualEncoder, check_hard_negatives
+
+
+def build_model(cfg: DictConfig) -> DualEncoder:
+    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint).
+
+    The text encoder's vocabulary size, and its number of positions where it has a `max_len` the config leaves
+    unset, come from the world (`data._target_`'s class attributes), so every world fits every encoder. A
+    captioning objective (loss=cap, loss=coca) gets the DualEncoder's subclass, the Captioner, whose decoder is
+    sized by the world and the image encoder.
+    """
+    world: type[WorldDataModule] = get_class(cfg.data._target_)
+    text_sizes = {"vocab_size": len(world.vocab)}
+    takes_max_len = "max_len" in inspect.signature(get_class(cfg.text_encoder._target_)).parameters
+    if takes_max_len and cfg.text_encoder.get("max_len") is None:
+        text_sizes["max_len"] = world.seq_len
+    image_encoder = instantiate(cfg.encoder)
+    text_encoder = instantiate(cfg.text_encoder, **text_sizes)
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    if is_captioning(cfg.loss):
+        return build_captioner(cfg.loss, image_encoder, text_encoder, world, optimizer, scheduler)
+    return DualEncoder(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
+
+
+# --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------
+
+
+def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any] | None]:
+    """Validate `cfg`, build the data and model, read the checkpoint to resume from (if any).
+
+    Cheap (tens of milliseconds): whatever a constructor, torch's optimizer or Lightning's Trainer would refuse
+    later surfaces here as one ConfigError, before a run dir, a W&B run or a worker process exists.
+    """
+    validate(cfg)
+    preflight.check(cfg)
+    preflight.check_trainer(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        datamodule: WorldDataModule = instantiate(cfg.data)
+        model = build_model(cfg)
+        check_hard_negatives(model.loss, datamodule)  # a ValueError: one ConfigError line below
+    except InstantiationException as exc:
+        raise _as_config_error(exc) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    checkpoint = None
+    ckpt_path = cfg.get("ckpt_path") or preempted_checkpoint(Path(cfg.run_dir) if cfg.get("run_dir") else None)
+    if ckpt_path:
+        path = checkpoints.resolve_ckpt_path(str(ckpt_path))
+        checkpoint = checkpoints.load_checkpoint(path)
+        checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
+        checkpoint["path"] = str(path)
+    return model, datamodule, checkpoint
+
+
+def preempted_checkpoint(run_dir: Path | None) -> Path | None:
+    """The last.ckpt to continue from when this run dir's previous run was stopped by a scheduler: its
+    result.json says "preempted" (see guards.Preemption), or SLURM requeued this job (SLURM_RESTART_COUNT).
+    A requeued job runs the same command in the same dir, so it picks up where it stopped, in the same W&B run."""
+    if run_dir is None:
+        return None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = run_dir / "result.json"
+    preempted = result.is_file() and json.loads(result.read_text()).get("status") == "preempted"
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    return last if (preempted or requeued) and last.is_file() else None
+
+
+def _as_config_error(exc: InstantiationException) -> ConfigError:
+    """Hydra wraps a constructor's error in three lines; keep the constructor's own message."""
+    cause = exc.__cause__
+    key = re.search(r"full_key: (\S+)", str(exc))
+    if isinstance(cause, ValueError):
+        return ConfigError(" ".join(str(cause).split()))
+    where = key.group(1) if key else "config"
+    return ConfigError(f"{where}: {type(cause).__name__ if cause else 'error'}: {cause or exc}")
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Callbacks the config asks for: `stop_at_recall`, and every `_target_` entry under `callbacks`."""
+    callbacks: list[L.Callback] = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if cfg.get("stop_at_recall") is not None:
+        callbacks.append(StopAtRecall(cfg.stop_at_recall))
+    return callbacks
+
+
+def torch_threads(requested: int | None = None) -> int:
+    """Threads for this job: `requested` (the `torch_threads` key), else all cores, or an equal share when a
+    parallel launcher runs several jobs.
+
+    Oversubscribing (2 jobs x 2 threads on 2 cores) is slower than either alone, so a joblib worker
+    takes cores // n_jobs. On quiet cores all threads are fastest; on cores shared with other work, 1 thread can
+    be faster (torch_threads=1; measurements in docs/performance.md).
+    """
+    if requested is not None:
+        return requested
+    cores = preflight.available_cores()
+    hydra_cfg = hydra_runtime()
+    launcher = hydra_cfg.launcher if hydra_cfg is not None else {}
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else 1
+    if n_jobs is None or n_jobs < 1:
+        n_jobs = cores  # joblib's -1: one worker per core
+    return max(1, cores // n_jobs)
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+    """Train the model `cfg` describes; returns the final epoch's metrics (val/R@1, ...).
+
+    With `ckpt_path` set, training continues from that checkpoint (same W&B run, same batches as if never
+    stopped). A bad config raises ConfigError before any W&B run or Trainer is made. Writes
+    `<run_dir>/result.json` either way, {"status": "ok", "metrics": ...} or {"status": "failed", "error": ...}:
+    what sweeps collect. `extra_callbacks` are appended to the Trainer's (the benchmark's timers use it).
+    """
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else None
+    if run_dir is None:
+        raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
+    model, datamodule, resume_from = build(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.quiet_libraries()
+    torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
+    logger: Any = False
+    try:
+        logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
+        every_s = cfg.get("checkpoint_every_s", 0)
+        callbacks = [
+            checkpoints.BestCheckpoint(run_dir / "checkpoints", model.monitor, every_s=every_s),
+            checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
+            checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger)),
+            NonFiniteLossGuard(),
+            ValidateLastEpoch(),
+            preemption := Preemption(run_dir / "checkpoints" / "last.ckpt"),
+            *build_callbacks(cfg),
+            *extra_callbacks,
+        ]
+        if cfg.get("plots") and model.text_encoder is not None:  # pictures of both embeddings; loss=cap has one
+            callbacks.append(instantiate(cfg.plots))
+        # Lightning's own summary would end in `Total FLOPs: 0` (see ParamSummary); ours replaces it.
+        if cfg.trainer.get("enable_model_summary", True):
+            callbacks.append(ParamSummary())
+        trainer: L.Trainer = instantiate(
+            cfg.trainer,
+            logger=logger,
+            callbacks=callbacks,
+            plugins=[checkpoints.AtomicCheckpointIO()],
+            default_root_dir=str(run_dir),
+            enable_model_summary=False,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
+        if (preempted := preemption.stopped()) is not None:  # the scheduler's time is nearly up: it requeues us
+            raise preempted
+        if model.validated_step != trainer.global_step:  # resumed a finished run, or stopped by max_steps/max_time
+            trainer.validate(model, datamodule=datamodule, verbose=False)  # the final numbers are the final weights
+        metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        metrics["time/fit_s"] = time.perf_counter() - start
+        metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        if logger:
+            logger.experiment.summary.update(metrics)
+    except Preempted as error:
+        _write_result(run_dir, {"status": "preempted", "error": str(error), "checkpoint": str(error.checkpoint)})
+        tracking.finish(logger, exit_code=1, preempting=True)  # the requeued job resumes this W&B run
+        error.requeue()
+        raise
+    except BaseException as error:
+        _write_result(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        tracking.finish(logger, exit_code=1)  # marks the W&B run failed; the next sweep job starts clean
+        raise
+    tracking.finish(logger, exit_code=0)
+    _write_result(run_dir, {"status": "ok", "metrics": metrics})
+    _print_summary(metrics, run_dir, logger)
+    return metrics
+
+
+_write_result = rank_zero_only(write_result)
+
+
+@rank_zero_only
+def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> None:
+    i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
+    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: the whole world)"]
+    hard = {k.removeprefix("val/hn_"): v for k, v in metrics.items() if k.startswith("val/hn_")}
+    if hard:
+        lines.append("hard negatives " + "  ".join(f"{kind} {v:.3f}" for kind, v in hard.items()))
+    lines.append(f"run dir        {run_dir}")
+    if logger:
+        lines.append(f"W&B run        {tracking.wandb_run_dir(run_dir)}")
+    print("\n".join(lines))
