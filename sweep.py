@@ -11,7 +11,8 @@ import yaml
 
 from nanovlm.run import cli
 from nanovlm.run.config import ConfigError
-from nanovlm.sweeps import spec as sweeps
+from nanovlm.sweeps.report import report
+from nanovlm.sweeps.spec import available_specs, load_spec, run, wandb_sweep_config
 
 
 def main() -> int:
@@ -23,23 +24,23 @@ def main() -> int:
     opts = parser.parse_args()
     named = dict(a.split("=", 1) for a in opts.args if a.split("=", 1)[0] in ("sweep", "launcher"))
     if opts.collect:  # with sweep=<name>, tabulate with that spec instead of the one saved in the dir
-        spec = sweeps.load_spec(named["sweep"]) if "sweep" in named else None
-        return 0 if not sweeps.report(opts.collect, spec, use_wandb=not opts.no_wandb)["failed"] else 1
+        spec = load_spec(named["sweep"]) if "sweep" in named else None
+        return 0 if not report(opts.collect, spec, use_wandb=not opts.no_wandb)["failed"] else 1
     extra = [a for a in opts.args if a.split("=", 1)[0] not in ("sweep", "launcher")]
     if "sweep" not in named:
-        parser.error(f"say which sweep: sweep=<name>, one of {', '.join(sweeps.available_specs())}")
-    spec = sweeps.load_spec(named["sweep"])
+        parser.error(f"say which sweep: sweep=<name>, one of {', '.join(available_specs())}")
+    spec = load_spec(named["sweep"])
     train_py = Path(__file__).with_name("train.py")
     if opts.wandb_sweep:
         path = Path(f"wandb_sweep_{spec.name}.yaml")
-        path.write_text(yaml.safe_dump(sweeps.wandb_sweep_config(spec, train_py), sort_keys=False))
+        path.write_text(yaml.safe_dump(wandb_sweep_config(spec, train_py), sort_keys=False))
         print(f"wrote {path}; when online: wandb sweep {path}, then wandb agent <the sweep id it prints>")
         return 0
-    sweep_dir, code, seconds = sweeps.run(spec, train_py, extra, named.get("launcher"))
+    sweep_dir, code, seconds = run(spec, train_py, extra, named.get("launcher"))
     print(f"sweep wall time {seconds:.1f} s (train.py exit code {code})")
     if not any(d.name.isdigit() for d in sweep_dir.iterdir()):  # train.py -m stopped before any job, and said why
         return code or cli.RUN_FAILED
-    result = sweeps.report(sweep_dir, spec, use_wandb=not opts.no_wandb)
+    result = report(sweep_dir, spec, use_wandb=not opts.no_wandb)
     return 1 if result["failed"] or code != 0 else 0
 
 

@@ -11,14 +11,14 @@ import sys
 
 import pytest
 
-from nanovlm.bench import figures as bench
+from nanovlm.bench import figures, loops
 from nanovlm.run.config import ConfigError, validate
 from nanovlm.run.training import train
 from tests.conftest import REPO, user_env
 
 
 def test_epoch_timer_splits_train_and_validation() -> None:
-    timer = bench.EpochTimer()
+    timer = loops.EpochTimer()
     timer.epoch_start, timer.val_start, timer.fit_end = [0.0, 1.0, 2.5], [0.75, 2.0, 3.0], 3.5
     train_s, epoch_s = timer.times()
     assert train_s == [0.75, 1.0, 0.5]
@@ -26,17 +26,17 @@ def test_epoch_timer_splits_train_and_validation() -> None:
 
 
 def test_steady_drops_the_warm_up_epoch_and_cell_shows_the_range() -> None:
-    assert bench.steady([9.0, 1.0, 3.0, 2.0]) == 2.0
-    assert bench.cell([0.2, 0.1, 0.4]) == "0.200 s (0.100–0.400, n=3)"
+    assert figures.steady([9.0, 1.0, 3.0, 2.0]) == 2.0
+    assert figures.cell([0.2, 0.1, 0.4]) == "0.200 s (0.100–0.400, n=3)"
 
 
 @pytest.mark.slow
 def test_plain_loop_stops_at_the_same_epoch_and_recall_as_train(make_cfg) -> None:
     """Same seeds, batches, optimizer and validation: the plain loop and train() are the same computation."""
     cfg = make_cfg("trainer.max_epochs=30", "stop_at_recall=0.2")
-    timer = bench.EpochTimer()
+    timer = loops.EpochTimer()
     metrics = train(cfg, extra_callbacks=[timer])
-    plain = bench.plain_run(cfg, stop_at=0.2)
+    plain = loops.plain_run(cfg, stop_at=0.2)
     epochs = len(timer.epoch_start)
     assert 1 <= epochs < 30  # stopped early, at the first epoch reaching the target
     assert metrics["val/R@1"] >= 0.2
@@ -51,10 +51,10 @@ def test_plain_loop_equals_train_on_scenes_with_hard_negatives(make_cfg) -> None
     Both rank by `nanovlm.evaluate.ranking` (ties fail), so exact ties agree; the tolerance is 2 of the 6,318 val
     queries, for a near-tie just outside the tie tolerance that the two loops' differently batched matmuls (a val batch
     of negatives against all of them at once) can still put on either side on another CPU, BLAS or thread count."""
-    _, overrides = bench.EPOCH_BENCH["(e)"]
+    _, overrides = figures.EPOCH_BENCH["(e)"]
     tiny = ["encoder.channels=[8,16,16,16]", "model.embed_dim=16", "text_encoder.width=16"]
     cfg = make_cfg(*overrides, *tiny, "trainer.max_epochs=2")
-    ours, plain = bench.lightning_run(cfg), bench.plain_run(cfg)
+    ours, plain = loops.lightning_run(cfg), loops.plain_run(cfg)
     assert ours["epochs"] == plain["epochs"] == 2
     keys = ("val/i2t_R@1", "val/t2i_R@1", "val/hn_order", "val/hn_binding", "val/hn_relation")
     for key in keys:
@@ -71,7 +71,7 @@ def test_stop_at_recall_out_of_range_names_the_key(make_cfg, value: str) -> None
 @pytest.mark.slow
 def test_quick_bench_writes_a_sane_table(tmp_path) -> None:
     out = tmp_path / "bench.md"
-    table, numbers = bench.run_bench(quick=True, out=out)
+    table, numbers = figures.run_bench(quick=True, out=out)
     assert out.read_text() == table
     assert "| figure |" in table and "(a) shapes: train epoch" in table and "(c) import to first step" in table
     assert numbers["(a) same_result"] == 1.0  # both loops ended at the same val R@1
@@ -101,7 +101,7 @@ def test_parallel_ceiling_is_twice_one_fit_over_two_at_once() -> None:
     alone takes 1.0 s and two at once take 1.5 s: two fits side by side run 2 x 1.0 / 1.5 = 1.33x faster."""
     fit = "import json, sys; print(json.dumps({'time/fit_s': 1.5 if sys.argv[-1].endswith('=%d') else 1.0}))"
     half = max(1, (os.cpu_count() or 1) // 2)
-    rows, numbers = bench.bench_parallel_bound(epochs=1, repeats=2, command=[sys.executable, "-c", fit % half])
+    rows, numbers = figures.bench_parallel_bound(epochs=1, repeats=2, command=[sys.executable, "-c", fit % half])
     (row,) = rows
     assert row[0].startswith("(d) plain-loop fits") and row[3] == "1.33x speed-up for fits"
     assert numbers["(d) parallel ceiling"] == pytest.approx(2 * 1.0 / 1.5)

@@ -24,7 +24,8 @@ from nanovlm.run.config import CONFIG_DIR, ConfigError, check_fixed_keys
 from nanovlm.run.guards import NonFiniteLossError, NonFiniteLossGuard
 from nanovlm.run.tracking import wandb_mode
 from nanovlm.run.training import train
-from nanovlm.sweeps import spec as sweeps
+from nanovlm.sweeps import report
+from nanovlm.sweeps import spec as specs
 from tests.conftest import QUIET, REPO, inspect_wandb_runs, run_cli, user_env
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
@@ -91,7 +92,7 @@ def in_process_line(case: Case, tmp_path: Path) -> str:
     try:
         if script == "sweep.py":
             sweep = dict(a.split("=", 1) for a in args if "=" in a).get("sweep")
-            sweeps.load_spec(sweep) if sweep else sweeps.collect(tmp_path / args[-1])
+            specs.load_spec(sweep) if sweep else report.collect(tmp_path / args[-1])
         else:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 cfg = compose("config", overrides=[f"run_dir={tmp_path / 'run'}", "logger=none", *QUIET, *args])
@@ -497,7 +498,7 @@ def test_a_signal_fails_the_run_with_its_exit_code(tmp_path: Path, signum: int, 
     assert run["state"] == "failed"
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "0").symlink_to(run_dir)  # as job 0 of a sweep, it is collected as failed
-    (job,) = sweeps.collect(tmp_path / "sweep")
+    (job,) = report.collect(tmp_path / "sweep")
     assert job.status == "failed" and job.error == f"Interrupted: stopped by {name}"
 
 

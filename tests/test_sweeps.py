@@ -10,7 +10,8 @@ import yaml
 from matplotlib.axes import Axes
 
 from nanovlm.run.config import ConfigError
-from nanovlm.sweeps import spec as sweeps
+from nanovlm.sweeps import report
+from nanovlm.sweeps import spec as specs
 from tests.conftest import inspect_wandb_run, run_cli, wandb_records
 
 FAST = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "plots=none"]
@@ -77,7 +78,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     result = run_cli("sweep.py", f"sweep={name}", *FAST, "logger=none", cwd=tmp_path, timeout=300)
     assert result.returncode == 1  # the sweep reports the failure ...
     sweep_dir = only_sweep_dir(tmp_path)
-    jobs = sweeps.collect(sweep_dir)
+    jobs = report.collect(sweep_dir)
     assert [j.status for j in jobs] == ["ok", "failed", "ok"]
     assert "loss.temperature must be > 0" in jobs[1].error
     with (sweep_dir / "results.csv").open() as f:
@@ -89,23 +90,23 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 def test_unknown_sweep_names_the_available_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown sweep sweep=nope; available: .*temperature_dim"):
-        sweeps.load_spec("nope")
+        specs.load_spec("nope")
 
 
 def test_summarise_averages_over_seeds_and_counts_failures(tmp_path: Path) -> None:
-    def job(num: int, enc: str, seed: str, r1: float | None) -> sweeps.Job:
+    def job(num: int, enc: str, seed: str, r1: float | None) -> report.Job:
         status, metrics = ("ok", {"val/R@1": r1}) if r1 is not None else ("failed", {})
-        return sweeps.Job(num, tmp_path, {"encoder": enc, "seed": seed}, status, metrics)
+        return report.Job(num, tmp_path, {"encoder": enc, "seed": seed}, status, metrics)
 
     jobs = [job(0, "cnn", "0", 0.9), job(1, "cnn", "1", 0.7), job(2, "vit", "0", 1.0), job(3, "vit", "1", None)]
-    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[], min_columns=["val/R@1"])
-    header, rows = sweeps.summarise(jobs, spec)
+    spec = specs.SweepSpec(name="t", params={}, average_over=["seed"], columns=[], min_columns=["val/R@1"])
+    header, rows = report.summarise(jobs, spec)
     assert header[:3] == ["encoder", "val/R@1", "min val/R@1"]
     by_enc = {r["encoder"]: r for r in rows}
     assert by_enc["cnn"]["val/R@1"] == pytest.approx(0.8) and by_enc["cnn"]["failed"] == 0
     assert by_enc["cnn"]["min val/R@1"] == pytest.approx(0.7) and by_enc["vit"]["min val/R@1"] == 1.0
     assert by_enc["vit"]["val/R@1"] == 1.0 and by_enc["vit"]["failed"] == 1 and by_enc["vit"]["runs"] == 2
-    assert sweeps.best_row(rows, "val/R@1")["encoder"] == "vit"
+    assert report.best_row(rows, "val/R@1")["encoder"] == "vit"
 
 
 def test_wandb_sweep_yaml_runs_train_py_with_hydra_overrides(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_optuna_sweep_runs_its_trials(tmp_path: Path) -> None:
     name = write_spec(tmp_path, "opt", spec)
     result = run_cli("sweep.py", f"sweep={name}", *FAST, "logger=none", "--no-wandb", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    jobs = sweeps.collect(only_sweep_dir(tmp_path))
+    jobs = report.collect(only_sweep_dir(tmp_path))
     assert [j.status for j in jobs] == ["ok", "ok"]
     temperatures = [float(j.overrides["loss.temperature"]) for j in jobs]
     assert all(0.05 <= t <= 0.2 for t in temperatures) and temperatures[0] != temperatures[1]
@@ -133,34 +134,34 @@ def test_optuna_sweep_runs_its_trials(tmp_path: Path) -> None:
 def test_the_summary_run_uses_the_jobs_wandb_settings(tmp_path: Path) -> None:
     """The sweep-summary W&B run goes to the project and mode the jobs logged with, none when they had no logger."""
 
-    def job(num: int, logger: dict | None) -> sweeps.Job:
+    def job(num: int, logger: dict | None) -> report.Job:
         (tmp_path / str(num) / ".hydra").mkdir(parents=True)
         config = {"seed": 0, **({"logger": logger} if logger is not None else {})}
         (tmp_path / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-        return sweeps.Job(num, tmp_path / str(num), {}, "ok", {})
+        return report.Job(num, tmp_path / str(num), {}, "ok", {})
 
     logged = job(0, {"project": "elsewhere", "mode": "${oc.env:NANOVLM_TEST_MODE,disabled}", "name": None})
-    assert sweeps.jobs_logger([logged]) == {"project": "elsewhere", "mode": "disabled", "name": None}
-    assert sweeps.jobs_logger([job(1, None)]) is None
+    assert report.jobs_logger([logged]) == {"project": "elsewhere", "mode": "disabled", "name": None}
+    assert report.jobs_logger([job(1, None)]) is None
 
 
 def test_rows_averaged_over_seeds_show_mean_and_std(tmp_path: Path) -> None:
-    def job(num: int, enc: str, seed: str, r1: float) -> sweeps.Job:
-        return sweeps.Job(num, tmp_path, {"encoder": enc, "seed": seed}, "ok", {"val/R@1": r1})
+    def job(num: int, enc: str, seed: str, r1: float) -> report.Job:
+        return report.Job(num, tmp_path, {"encoder": enc, "seed": seed}, "ok", {"val/R@1": r1})
 
     jobs = [job(0, "cnn", "0", 0.9), job(1, "cnn", "1", 0.7), job(2, "cnn", "2", 0.8), job(3, "vit", "0", 1.0)]
-    spec = sweeps.SweepSpec(name="t", params={}, average_over=["seed"], columns=[])
-    header, rows = sweeps.summarise(jobs, spec)
+    spec = specs.SweepSpec(name="t", params={}, average_over=["seed"], columns=[])
+    header, rows = report.summarise(jobs, spec)
     by_enc = {r["encoder"]: r for r in rows}
     assert by_enc["cnn"]["val/R@1 std"] == pytest.approx(0.1)  # sample std of 0.9, 0.7, 0.8
     assert math.isnan(by_enc["vit"]["val/R@1 std"])  # one seed: no spread to show
-    sweeps.write_table(tmp_path, header, rows)
+    report.write_table(tmp_path, header, rows)
     md = (tmp_path / "results.md").read_text()
     assert "| cnn | 0.800 ± 0.100 |" in md and "| vit | 1.000 |" in md
     with (tmp_path / "results.csv").open() as f:
         csv_rows = {r["encoder"]: r for r in csv.DictReader(f)}
     assert float(csv_rows["cnn"]["val/R@1 std"]) == pytest.approx(0.1)
-    path = sweeps.plot_heatmap(tmp_path / "h.png", rows, "encoder", "encoder", "val/R@1", "t")
+    path = report.plot_heatmap(tmp_path / "h.png", rows, "encoder", "encoder", "val/R@1", "t")
     assert path.stat().st_size > 1000
 
 
@@ -181,10 +182,10 @@ def test_a_nan_metric_shows_as_nan_and_a_failed_run_as_failed(tmp_path: Path, ca
         (tmp_path / str(num) / "result.json").write_text(json.dumps(result))  # NaN as json.dumps writes it
     drawn: list[str] = []
     monkeypatch.setattr(Axes, "text", lambda self, x, y, s, **kwargs: drawn.append(s))
-    spec = sweeps.SweepSpec(name="nan", params={}, columns=[], heatmap=["model.embed_dim", "loss.temperature"])
-    out = sweeps.report(tmp_path, spec, use_wandb=False)
+    spec = specs.SweepSpec(name="nan", params={}, columns=[], heatmap=["model.embed_dim", "loss.temperature"])
+    out = report.report(tmp_path, spec, use_wandb=False)
 
-    cells = {(r["loss.temperature"], r["model.embed_dim"]): sweeps._cell(r, "val/R@1") for r in out["rows"]}
+    cells = {(r["loss.temperature"], r["model.embed_dim"]): report._cell(r, "val/R@1") for r in out["rows"]}
     assert cells == {("0.05", "8"): "0.500", ("0.05", "16"): "nan", ("0.1", "8"): "failed", ("0.1", "16"): "0.750"}
     md = (tmp_path / "results.md").read_text()
     assert "| 0.05 | 16 | nan | 1 | 0 | 1 |" in md and "| 0.1 | 8 | failed | 1 | 1 | 2 |" in md
