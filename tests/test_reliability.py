@@ -49,7 +49,7 @@ class Case:
 
 CLI_CASES = [
     Case("train.py encoder=resnet", 2, "unknown option encoder=resnet; allowed encoder options: cnn", True),
-    Case("train.py model.foo=1", 2, "unknown key model.foo; keys in model: embed_dim"),
+    Case("train.py model.foo=1", 2, "unknown key model.foo; keys in model: _target_, embed_dim"),
     Case("train.py model.embed_dim=abc", 2, "model.embed_dim must be an integer, got 'abc'", True),
     Case("train.py trainer.max_epochs=0", 2, "trainer.max_epochs must be an integer >= 1, or -1 for no epoch"),
     Case("train.py loss.temperature=0", 2, "loss.temperature must be > 0, got 0"),

@@ -35,7 +35,7 @@ class TextDecoder(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
-        max_len: int = 4,  # positions: the seed world's caption length; build_captioner passes the world's
+        max_len: int = 4,  # positions: the seed world's caption length; Captioner.from_config passes the world's
     ) -> None:
         super().__init__()
         check_transformer_sizes("loss", width, depth, heads, mlp_ratio, dropout)

@@ -18,6 +18,7 @@ class MeanPoolTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, width)
         self.proj = nn.Linear(width, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
+        self.embed_dim = embed_dim
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens).mean(dim=1)  # [B, T, W] -> [B, W]
@@ -54,6 +55,7 @@ class AttentionTextEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim)
         self.out_norm = nn.LayerNorm(embed_dim)
+        self.embed_dim = embed_dim
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         length = tokens.shape[1]

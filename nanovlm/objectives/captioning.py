@@ -43,7 +43,7 @@ class CaptionLoss(nn.Module):
     """loss=cap: teacher-forced next-token cross-entropy of a TextDecoder that this objective owns.
 
     `vocab_size`, `token_dim`, `num_tokens` and `embed_dim` come from the world and the image encoder (see
-    `nanovlm.tasks.captioner.build_captioner`); the yaml gives the decoder's sizes and `constrained`, whether
+    `nanovlm.tasks.captioner.Captioner.from_config`); the yaml gives the decoder's sizes and `constrained`, whether
     generation keeps each slot to the words it can hold. A captioner has no text embedding, so it scores a
     caption by its log-likelihood (`score`). `retrieval` says whether validation ranks the whole gallery
     (val/R@*): by likelihood every (image, distinct caption input) pair is a decoder pass, and on data=scenes that
@@ -52,6 +52,7 @@ class CaptionLoss(nn.Module):
     Hard-negative accuracy and the caption metrics are computed either way.
     """
 
+    task = "captioner"  # the conf/model option it trains (tasks.dual_encoder.check_objective)
     score = "likelihood"
     uses_text_encoder = False  # the Captioner is built without one
 

@@ -146,6 +146,8 @@ class ClipLoss(nn.Module):
     diagonal, whatever the ids say (the loss before several true pairs were counted; for comparisons).
     """
 
+    task = "dual_encoder"  # the conf/model option it trains (tasks.dual_encoder.check_objective)
+
     def __init__(
         self,
         temperature: float = 0.07,
@@ -219,6 +221,8 @@ class SigLipLoss(nn.Module):
     them at the encoders' lr for 100k+ steps; our runs have ~1k, in which an lr of 3e-3 moves the
     bias by < 0.5 and the scale stays near its start. The zoo runs end at s ~ 40-100, b ~ -11 to -31.
     """
+
+    task = "dual_encoder"  # the conf/model option it trains (tasks.dual_encoder.check_objective)
 
     def __init__(
         self,

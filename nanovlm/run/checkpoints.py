@@ -31,6 +31,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from nanovlm.run.config import ConfigError, check_value
+from nanovlm.run.moved import upgrade_config
 
 # Config sections that decide the model's parameters: a checkpoint only fits a model built from the same ones.
 MODEL_SECTIONS = ("model", "encoder", "text_encoder", "loss")
@@ -272,8 +273,11 @@ def load_checkpoint(path: Path, key: str = "ckpt_path") -> dict[str, Any]:
 
 
 def saved_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The resolved config the checkpoint's run was trained with (None for a foreign checkpoint)."""
-    return checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+    """The resolved config the checkpoint's run was trained with (None for a foreign checkpoint), in today's
+    spelling: a checkpoint of the flat layout names `nanovlm.losses.ClipLoss` and has no `model._target_`, which
+    `moved.upgrade_config` rewrites, so it evaluates and resumes as it did."""
+    config = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+    return None if config is None else upgrade_config(config)
 
 
 def check_compatible(checkpoint: dict[str, Any], model: torch.nn.Module, config: dict[str, Any], path: Path) -> None:

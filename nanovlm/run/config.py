@@ -24,6 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nanovlm.run.moved import moved_to
+
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # nanovlm/, where the wheel puts conf/
 
 
@@ -138,6 +140,8 @@ def check_target_node(path: str, node: DictConfig) -> None:
     try:
         target = get_object(target_path)
     except Exception as exc:
+        if (new := moved_to(target_path)) is not None:  # a spelling of the flat layout (nanovlm.losses.ClipLoss)
+            raise ConfigError(f"{path}._target_={target_path} has moved: use {new}") from None
         raise ConfigError(f"{path}._target_ cannot be imported, got {target_path!r} ({exc})") from None
     try:
         params = inspect.signature(target).parameters

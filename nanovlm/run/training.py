@@ -24,17 +24,16 @@ from nanovlm.run.callbacks import ParamSummary, StopAtRecall, ValidateLastEpoch
 from nanovlm.run.cli import write_result
 from nanovlm.run.config import ConfigError, hydra_runtime, validate
 from nanovlm.run.guards import NonFiniteLossGuard, Preempted, Preemption
-from nanovlm.tasks.captioner import build_captioner, is_captioning
 from nanovlm.tasks.dual_encoder import DualEncoder, check_hard_negatives
 
 
 def build_model(cfg: DictConfig) -> DualEncoder:
-    """Instantiate the DualEncoder that `cfg` describes (also used to rebuild from a checkpoint).
+    """Instantiate the task that `cfg` describes (also used to rebuild from a checkpoint).
 
     The text encoder's vocabulary size, and its number of positions where it has a `max_len` the config leaves
-    unset, come from the world (`data._target_`'s class attributes), so every world fits every encoder. A
-    captioning objective (loss=cap, loss=coca) gets the DualEncoder's subclass, the Captioner, whose decoder is
-    sized by the world and the image encoder.
+    unset, come from the world (`data._target_`'s class attributes), so every world fits every encoder. The task is
+    `model._target_` (conf/model/: dual_encoder, or captioner, which loss=cap, cappa and coca choose themselves);
+    its `from_config` builds the objective, whose needs depend on the task.
     """
     world: type[WorldDataModule] = get_class(cfg.data._target_)
     text_sizes = {"vocab_size": len(world.vocab)}
@@ -45,9 +44,8 @@ def build_model(cfg: DictConfig) -> DualEncoder:
     text_encoder = instantiate(cfg.text_encoder, **text_sizes)
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    if is_captioning(cfg.loss):
-        return build_captioner(cfg.loss, image_encoder, text_encoder, world, optimizer, scheduler)
-    return DualEncoder(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
+    task: type[DualEncoder] = get_class(cfg.model._target_)
+    return task.from_config(cfg, world, image_encoder, text_encoder, optimizer, scheduler)
 
 
 # --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------

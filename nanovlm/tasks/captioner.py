@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import nn
@@ -28,7 +28,7 @@ from nanovlm.evaluate.metrics import CaptionAccuracy
 from nanovlm.models.decoder import likelihood_passes, log_likelihood, pair_log_likelihoods
 from nanovlm.models.decoding import slot_vocabulary
 from nanovlm.objectives.captioning import MAX_LIKELIHOOD_PAIRS, CaptionLoss
-from nanovlm.tasks.dual_encoder import DualEncoder, OptimizerFactory, SchedulerFactory
+from nanovlm.tasks.dual_encoder import DualEncoder, OptimizerFactory, SchedulerFactory, check_objective
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,34 @@ class Captioner(DualEncoder):
     """An image encoder, the objective's text decoder (`loss.decoder`) and, for loss=coca, a text encoder."""
 
     loss: CaptionLoss
+    task = "captioner"
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        world: type[WorldDataModule],
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None,
+    ) -> Captioner:
+        """The Captioner `cfg.model` and a captioning `cfg.loss` describe. The decoder is sized by the world's
+        vocabulary and caption length and by the image encoder's token grid, which the yaml cannot know, so they are
+        passed here; loss=cap drops the text encoder."""
+        check_objective(cls, cfg.loss)
+        loss: CaptionLoss = instantiate(
+            cfg.loss,
+            vocab_size=len(world.vocab),
+            token_dim=image_encoder.token_dim,
+            num_tokens=image_encoder.num_tokens,
+            embed_dim=image_encoder.embed_dim,
+            max_len=world.seq_len,
+        )
+        text_encoder = text_encoder if loss.uses_text_encoder else None
+        slots, bos_id = slot_names(world.caption_form), world.vocab.index(CLS)
+        task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: embed_dim
+        return task(image_encoder, text_encoder, loss, optimizer, scheduler, slots, bos_id)
 
     def __init__(
         self,
@@ -82,10 +110,11 @@ class Captioner(DualEncoder):
         scheduler: SchedulerFactory | None = None,
         slots: tuple[str, ...] = ("colour", "shape", "position"),
         bos_id: int = 0,
+        embed_dim: int | None = None,
     ) -> None:
         if loss.score == "cosine" and text_encoder is None:
             raise ValueError("loss.score=cosine needs a text encoder (loss=coca); loss=cap scores by likelihood")
-        super().__init__(image_encoder, text_encoder, loss, optimizer, scheduler)  # type: ignore[arg-type]
+        super().__init__(image_encoder, text_encoder, loss, optimizer, scheduler, embed_dim)  # type: ignore[arg-type]
         self.slots, self.bos_id = slots, bos_id
         self.val_caption = CaptionAccuracy(slots)
         self._gallery_read: tuple[Images, Captions, torch.Tensor] | None = None
@@ -206,32 +235,3 @@ class Captioner(DualEncoder):
         self.log("val/caption_exact", caption.pop("val/caption_exact"), prog_bar=True)
         self.log_to_loggers(caption)
         self._gallery_read, self._allowed = None, None
-
-
-def is_captioning(loss_cfg: DictConfig) -> bool:
-    """Whether a `loss` config node is a captioning objective (its target is a CaptionLoss)."""
-    return issubclass(get_class(loss_cfg._target_), CaptionLoss)
-
-
-def build_captioner(
-    loss_cfg: DictConfig,
-    image_encoder: nn.Module,
-    text_encoder: nn.Module,
-    world: type[WorldDataModule],
-    optimizer: OptimizerFactory,
-    scheduler: SchedulerFactory | None,
-) -> Captioner:
-    """The Captioner a captioning `loss` config describes. The decoder is sized by the world's vocabulary and
-    caption length and by the image encoder's token grid, which the yaml cannot know, so they are passed here;
-    loss=cap drops the text encoder."""
-    loss: CaptionLoss = instantiate(
-        loss_cfg,
-        vocab_size=len(world.vocab),
-        token_dim=image_encoder.token_dim,
-        num_tokens=image_encoder.num_tokens,
-        embed_dim=image_encoder.embed_dim,
-        max_len=world.seq_len,
-    )
-    text_encoder = text_encoder if loss.uses_text_encoder else None
-    slots, bos_id = slot_names(world.caption_form), world.vocab.index(CLS)
-    return Captioner(image_encoder, text_encoder, loss, optimizer, scheduler, slots, bos_id)

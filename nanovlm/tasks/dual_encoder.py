@@ -8,9 +8,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig
 from torch import nn
 
+from nanovlm.data.datamodule import WorldDataModule
 from nanovlm.evaluate.metrics import HardNegativeAccuracy, RetrievalRecall
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -30,6 +33,18 @@ def check_hard_negatives(loss: nn.Module, world: Any) -> None:
         raise ValueError(f"loss.hard_negatives=true needs a world with hard negatives (data=scenes), got {world_name}")
 
 
+def check_objective(task: type[DualEncoder], loss_cfg: DictConfig) -> None:
+    """An objective names the task it trains (`task`, its conf/model option): a captioning loss cannot train a dual
+    encoder, nor CLIP's a captioner. The loss yamls choose their model themselves, so this fires only when
+    `model=` is given against them (ValueError: one ConfigError line from `training.build`)."""
+    wanted = getattr(get_class(loss_cfg._target_), "task", task.task)
+    if wanted != task.task:
+        raise ValueError(
+            f"loss ({loss_cfg._target_}) trains model={wanted}, not model={task.task}; "
+            "leave out model= (each loss option picks its model)"
+        )
+
+
 def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decay, no_decay): trainable parameters split as in nanoGPT/open_clip."""
     decay, no_decay = [], []
@@ -40,6 +55,17 @@ def weight_decay_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.P
             is_matrix = isinstance(module, DECAYED_LAYERS) and name.endswith("weight")
             (decay if is_matrix else no_decay).append(param)
     return decay, no_decay
+
+
+def check_embed_dim(embed_dim: int | None, *encoders: nn.Module | None) -> None:
+    """Every encoder outputs `embed_dim` (model.embed_dim) wide vectors, or the scores are a shape error at the
+    first step; an encoder's own `embed_dim` set apart from it (`encoder.embed_dim=16`) is refused here instead."""
+    if embed_dim is None:
+        return
+    for encoder in encoders:
+        width = getattr(encoder, "embed_dim", embed_dim)
+        if width != embed_dim:
+            raise ValueError(f"an encoder outputs {width} dims but model.embed_dim={embed_dim}; set model.embed_dim")
 
 
 class DualEncoder(L.LightningModule):
@@ -58,8 +84,10 @@ class DualEncoder(L.LightningModule):
         loss: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        embed_dim: int | None = None,
     ) -> None:
         super().__init__()
+        check_embed_dim(embed_dim, image_encoder, text_encoder)
         self.image_encoder, self.text_encoder, self.loss = image_encoder, text_encoder, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
@@ -70,6 +98,24 @@ class DualEncoder(L.LightningModule):
         self.validated_step: int | None = None  # the global step of the last validation (train() checks it)
 
     monitor = "val/R@1"  # what best.ckpt keeps the best of (train() reads it)
+    task = "dual_encoder"  # its conf/model option; an objective's `task` names the one it trains
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DictConfig,
+        world: type[WorldDataModule],
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None,
+    ) -> DualEncoder:
+        """The task `cfg.model` describes (its `_target_` is this class), around the encoders `build_model` made.
+        The objective is built here, not there, because what it needs beyond its yaml depends on the task: a
+        captioner's decoder is sized by the world and the image encoder (Captioner.from_config)."""
+        check_objective(cls, cfg.loss)
+        task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: embed_dim
+        return task(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.image_encoder(images), self.text_encoder(tokens)
