@@ -3,6 +3,8 @@ the Captioner learning (loss=cap, loss=coca)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -280,3 +282,22 @@ def test_captioner_learns_and_evaluate_writes_its_captions(make_cfg, tmp_path, c
     for key in ("i2t_R@1", "t2i_R@1", "i2t_mean_rank"):
         assert out["retrieval"]["val"][key] == pytest.approx(metrics[f"val/{key}"], abs=1e-6), key
     assert "zero_shot" not in out  # no text embeddings to build prompts from
+
+
+@pytest.mark.integration
+def test_auto_retrieval_skips_a_costly_gallery_and_keeps_best_by_captions(make_cfg, tmp_path, monkeypatch, capsys):
+    """loss.retrieval=auto: above MAX_LIKELIHOOD_PAIRS decoder passes (data=scenes; here the seed world with the
+    limit lowered below its 243 x 27) validation does not rank, says so once, and best.ckpt follows
+    val/caption_exact instead of a never-finite val/R@1. Under the limit it ranks as before."""
+    import nanovlm.tasks.captioner as captioner_module
+    from nanovlm.run.training import train
+
+    monkeypatch.setattr(captioner_module, "MAX_LIKELIHOOD_PAIRS", 243 * 27 - 1)
+    metrics = train(make_cfg("loss=cap", "trainer.max_epochs=2", "loss.width=16", "loss.depth=1"))
+    out = capsys.readouterr().out
+    assert math.isnan(metrics["val/R@1"]) and 0 <= metrics["val/caption_exact"] <= 1
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    assert "best.ckpt not written" not in out and "caption exact" in out
+    monkeypatch.setattr(captioner_module, "MAX_LIKELIHOOD_PAIRS", 243 * 27)
+    ranked = train(make_cfg("loss=cap", "trainer.max_epochs=1", "loss.width=16", "loss.depth=1"))
+    assert not math.isnan(ranked["val/R@1"])

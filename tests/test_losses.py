@@ -208,8 +208,9 @@ def test_hard_negatives_leave_the_text_to_image_side_unchanged() -> None:
 def reference_multi_positive_clip(
     img: torch.Tensor, txt: torch.Tensor, tau: float, caption: list[int], negatives=None, negative_caption=None
 ) -> torch.Tensor:
-    """Written out pair by pair: query i's loss is the mean over its positives p (every column with caption[i]) of
-    -log(exp(s_ip) / sum_j exp(s_ij)); image rows also sum over the hard negatives that are not their own caption."""
+    """Written out pair by pair: query i's loss is KL(uniform over its P positives || softmax), i.e. the mean over
+    its positives p (every column with caption[i]) of -log(exp(s_ip) / sum_j exp(s_ij)), minus ln P; image rows
+    also sum over the hard negatives that are not their own caption."""
     n = len(img)
     total = img.new_zeros(())
     for i in range(n):
@@ -219,8 +220,8 @@ def reference_multi_positive_clip(
             row += [img[i] @ negatives[m] / tau for m in range(len(negatives)) if negative_caption[m] != caption[i]]
         col = [txt[i] @ img[j] / tau for j in range(n)]
         row_lse, col_lse = torch.logsumexp(torch.stack(row), 0), torch.logsumexp(torch.stack(col), 0)
-        total = total + sum(row_lse - row[p] for p in positives) / len(positives)
-        total = total + sum(col_lse - col[p] for p in positives) / len(positives)
+        total = total + sum(row_lse - row[p] for p in positives) / len(positives) - math.log(len(positives))
+        total = total + sum(col_lse - col[p] for p in positives) / len(positives) - math.log(len(positives))
     return total / (2 * n)
 
 
@@ -303,3 +304,13 @@ def test_siglip_bias_follows_the_global_batch_once_the_world_size_is_known() -> 
     fixed = SigLipLoss(batch_size=32, bias=-10.0)
     fixed.set_world_size(4)
     assert fixed.logit_bias.item() == -10.0  # a bias the config sets is kept
+
+
+def test_multi_positive_clip_reaches_zero_when_each_row_spreads_evenly_over_its_positives() -> None:
+    """The KL form: a batch of one caption's 3 identical texts and 3 images that match it and nothing else scores
+    0 (the cross-entropy would be ln 3 however good the model); the diagonal-only loss keeps ln 3 on those rows."""
+    emb = torch.eye(4)[[0, 0, 0, 1, 2, 3]]  # rows 0-2 one caption, rows 3-5 unique ones
+    caption_id = torch.tensor([7, 7, 7, 1, 2, 3])
+    assert ClipLoss(0.01)(emb, emb, caption_id=caption_id).item() < 1e-6
+    diagonal_only = ClipLoss(0.01, multi_positive=False)(emb, emb, caption_id=caption_id).item()
+    assert diagonal_only == pytest.approx(math.log(3) / 2, rel=1e-4)  # 3 of 6 rows at ln 3, both ways

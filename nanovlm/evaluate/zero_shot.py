@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nanovlm.data.shapes import ATTRIBUTE_VALUES
+from nanovlm.evaluate.ranking import true_item_rank
 
 # An attribute table {attribute: its values}, in caption order: the seed world's is
 # nanovlm.data.shapes.ATTRIBUTE_VALUES (colour, shape, position); a world's `attributes()` gives its own
@@ -63,9 +64,11 @@ def zero_shot(
     for slot, attribute in enumerate(table):
         values = table[attribute]
         prototypes = attribute_prototypes(text_emb, triples, attribute, table)
-        predicted = (image_emb[items].float() @ prototypes.T).argmax(dim=1)  # [Q]
+        scores = image_emb[items].float() @ prototypes.T  # [Q, V]
+        predicted = scores.argmax(dim=1)  # [Q], what the confusion matrix draws
         true = torch.tensor([values.index(triples[c][slot]) for c in caption_of[items].tolist()])
         confusion = torch.zeros(len(values), len(values), dtype=torch.long)
         confusion.index_put_((true, predicted), torch.ones_like(true), accumulate=True)
-        out[attribute] = {"accuracy": float((predicted == true).float().mean()), "confusion": confusion}
+        correct = true_item_rank(scores, true) == 1  # the one ranking rule: a tie with another value is a miss
+        out[attribute] = {"accuracy": float(correct.float().mean()), "confusion": confusion}
     return out

@@ -60,14 +60,19 @@ def diagonal(rows: int, columns: int, offset: int, device: torch.device) -> torc
 
 
 def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -sum_j t_ij log softmax(logits_i)_j, with t_i spread evenly over row i's positives
-    (the first positives.shape[1] columns; later columns, the hard negatives, are never positives). With one
-    positive per row it is F.cross_entropy. Written out, not as F.cross_entropy's probability targets: a
-    dropped (-inf) column with target 0 would give 0 * -inf = nan there."""
+    """Mean over rows of KL(t_i || softmax(logits_i)), with the target t_i spread evenly over row i's P_i
+    positives (the first positives.shape[1] columns; later columns, the hard negatives, are never positives).
+
+    That is the cross-entropy -sum_j t_ij log softmax(logits_i)_j minus the targets' entropy ln P_i: the same
+    gradients, but a minimum of 0 however many positives a row has, where the cross-entropy's is ln P_i (ln 9 for
+    a scenes batch of one caption's 9 images, which validation's sorted batches mostly are), so val/loss can be
+    read and monitored as it is on the seed world. With one positive per row it is F.cross_entropy. Written out,
+    not as F.cross_entropy's probability targets: a dropped (-inf) column with target 0 would give 0 * -inf = nan.
+    """
     positives = F.pad(positives, (0, logits.shape[1] - positives.shape[1]))  # [B, N + M]
-    weights = positives / positives.sum(dim=1, keepdim=True)
-    positive_logit = (logits.masked_fill(~positives, 0.0) * weights).sum(dim=1)  # [B]
-    return (logits.logsumexp(dim=1) - positive_logit).mean()
+    count = positives.sum(dim=1, keepdim=True)  # [B, 1] P_i
+    positive_logit = (logits.masked_fill(~positives, 0.0) / count).sum(dim=1)  # [B] mean logit of the positives
+    return (logits.logsumexp(dim=1) - positive_logit - count.squeeze(1).log()).mean()
 
 
 def clip_loss(

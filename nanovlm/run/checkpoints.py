@@ -158,19 +158,27 @@ class BestCheckpoint(_EpochEndCheckpoint):
 
     A NaN or infinite monitor is never an improvement: NaN compares false with everything, so a first NaN taken
     as best would stay best for the whole run (val/R@1 is NaN for a captioner with loss.retrieval=false, which
-    ranks nothing). A run whose monitor comes but is never finite writes no best.ckpt and says so at the end."""
+    ranks nothing). A run whose monitor comes but is never finite writes no best.ckpt and says so at the end.
+
+    `monitor=None` takes the module's own `monitor` at the start of fit, after its setup: a captioner that does not
+    rank the gallery (loss.retrieval=auto on a large world, decided in its setup) keeps val/caption_exact."""
 
     mode = "max"
 
-    def __init__(self, dirpath: Path, monitor: str, every_s: float) -> None:
+    def __init__(self, dirpath: Path, monitor: str | None, every_s: float) -> None:
         super().__init__(dirpath, "best", every_s)
-        self.monitor = monitor
+        self.monitor = monitor or "val/R@1"
+        self.monitor_from_module = monitor is None
         self.best_model_score: torch.Tensor | None = None
         self.defer = True
         self.saw_non_finite = False  # a monitor value came, but not a finite one (the end-of-training line)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.defer = isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # else: write at once
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor_from_module:
+            self.monitor = getattr(pl_module, "monitor", self.monitor)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         score = trainer.callback_metrics.get(self.monitor)
@@ -199,7 +207,7 @@ class BestCheckpoint(_EpochEndCheckpoint):
         if self.best_model_score is None and self.saw_non_finite and trainer.is_global_zero:
             why = f"{self.monitor} was never finite"
             if self.monitor.startswith("val/R@"):
-                why += " (a captioner with loss.retrieval=false ranks nothing)"
+                why += " (a captioner with loss.retrieval=false ranks nothing)"  # auto would have monitored captions
             print(f"{self.path.name} not written: {why}; last.ckpt holds the final weights")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

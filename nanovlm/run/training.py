@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
 import time
@@ -149,7 +150,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
         every_s = cfg.get("checkpoint_every_s", 0)
         callbacks = [
-            checkpoints.BestCheckpoint(run_dir / "checkpoints", model.monitor, every_s=every_s),
+            checkpoints.BestCheckpoint(run_dir / "checkpoints", None, every_s=every_s),  # None: the model's monitor
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
             checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger)),
             NonFiniteLossGuard(),
@@ -204,6 +205,8 @@ _write_result = rank_zero_only(write_result)
 def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> None:
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
     lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: the whole world)"]
+    if math.isnan(i2t) and math.isnan(t2i) and "val/caption_exact" in metrics:  # a captioner that did not rank
+        lines = [f"final val      caption exact {metrics['val/caption_exact']:.3f}  (R@1 not measured: loss.retrieval)"]
     hard = {k.removeprefix("val/hn_"): v for k, v in metrics.items() if k.startswith("val/hn_")}
     if hard:
         lines.append("hard negatives " + "  ".join(f"{kind} {v:.3f}" for kind, v in hard.items()))
