@@ -314,3 +314,13 @@ def test_multi_positive_clip_reaches_zero_when_each_row_spreads_evenly_over_its_
     assert ClipLoss(0.01)(emb, emb, caption_id=caption_id).item() < 1e-6
     diagonal_only = ClipLoss(0.01, multi_positive=False)(emb, emb, caption_id=caption_id).item()
     assert diagonal_only == pytest.approx(math.log(3) / 2, rel=1e-4)  # 3 of 6 rows at ln 3, both ways
+
+
+def test_a_world_without_repeated_captions_trains_on_the_one_positive_path() -> None:
+    """The seed world shows each caption once, so the module passes no caption ids and the loss is open_clip's
+    label path, bit for bit; scenes repeats each caption 9 times and gets the ids."""
+    from nanovlm.data.scenes import ScenesDataModule
+    from nanovlm.data.shapes import ShapesDataModule
+
+    assert not ShapesDataModule().repeats_captions
+    assert ScenesDataModule().repeats_captions

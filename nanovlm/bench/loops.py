@@ -136,6 +136,7 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
     total_steps = cfg.trainer.max_epochs * math.ceil(n / batch_size)
     scheduler = make_scheduler(optimizer, total_steps=total_steps) if make_scheduler is not None else None
     hard_negatives = getattr(model.loss, "hard_negatives", False)
+    several_true_pairs = world.repeats_captions  # as DualEncoder.setup decides: ids only where captions repeat
     train_s: list[float] = []
     epoch_s: list[float] = []
     metrics: dict[str, float] = {"val/R@1": 0.0}
@@ -148,6 +149,7 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
         for i in range(0, n, batch_size):
             index = order[i : i + batch_size]
             caption = world.caption_of[index]
+            caption_id = caption if several_true_pairs else None
             image_emb, text_emb = model(world.images[index], world.tokens[caption])
             if hard_negatives:
                 extras = {k: world.caption_extras[k][caption] for k in ("negatives", "negative_valid", "negative_id")}
@@ -157,11 +159,11 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
                     text_emb,
                     negatives,
                     extras["negative_valid"].flatten(),
-                    caption_id=caption,
+                    caption_id=caption_id,
                     negative_id=extras["negative_id"].flatten(),
                 )
             else:
-                loss = model.loss(image_emb, text_emb, caption_id=caption)
+                loss = model.loss(image_emb, text_emb, caption_id=caption_id)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -104,6 +104,13 @@ class WorldDataModule(L.LightningDataModule):
             self.train_idx, self.val_idx = self.train_idx.to(device), self.val_idx.to(device)
             self.caption_extras = {k: v.to(device) for k, v in self.caption_extras.items()}
 
+    @property
+    def repeats_captions(self) -> bool:
+        """Whether some caption is shown by several images (data=scenes: 9 each), so that a batch can hold several
+        true pairs. Where none is (the seed world), the losses need no caption ids and stay open_clip's, bit for
+        bit."""
+        return len(torch.unique(self.caption_of)) < len(self.caption_of)
+
     def gallery(self) -> dict[str, torch.Tensor]:
         """What retrieval ranks against: every image and every distinct caption of the world (not only val's).
 

@@ -194,7 +194,8 @@ class Captioner(DualEncoder):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, captions = self.read_images(batch["image"]), self.read_captions(batch["tokens"])
-        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, batch.get("caption_id"))
+        caption_id = batch.get("caption_id") if self.several_true_pairs else None  # as DualEncoder.training_step
+        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, caption_id)
         self._loss_sum += loss.detach() * len(captions.tokens)
         self._loss_count += len(captions.tokens)
         return loss
@@ -213,7 +214,8 @@ class Captioner(DualEncoder):
         index = batch["index"]
         caption = caption_of[index]  # [B] each image's true gallery caption
         images, captions = gallery_images.take(index), gallery_captions.take(caption)
-        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, caption)
+        caption_id = caption if self.several_true_pairs else None
+        loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, caption_id)
         self.log("val/loss", loss, batch_size=len(index), sync_dist=True)
         if self.ranks_gallery:  # the same targets as DualEncoder's: one true caption; every image showing it
             self.val_i2t.update(self.score_matrix(images, gallery_captions), caption, index)

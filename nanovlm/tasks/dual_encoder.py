@@ -96,6 +96,7 @@ class DualEncoder(L.LightningModule):
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self.logged: dict[str, float] = {}
         self.validated_step: int | None = None  # the global step of the last validation (train() checks it)
+        self.several_true_pairs = True  # whether the loss gets caption ids; setup() asks the world
 
     monitor = "val/R@1"  # what best.ckpt keeps the best of (train() reads it)
     task = "dual_encoder"  # its conf/model option; an objective's `task` names the one it trains
@@ -130,6 +131,7 @@ class DualEncoder(L.LightningModule):
         if stage == "fit" and hasattr(self.loss, "set_world_size"):  # before Lightning restores a checkpoint
             self.loss.set_world_size(self.trainer.world_size)  # SigLIP's bias: -ln of the global batch
         datamodule = getattr(self.trainer, "datamodule", None)
+        self.several_true_pairs = bool(getattr(datamodule, "repeats_captions", True))
         check_hard_negatives(self.loss, datamodule)
         kinds = tuple(getattr(datamodule, "negative_kinds", ()))
         if kinds and self.val_hn is None:
@@ -137,7 +139,9 @@ class DualEncoder(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image_emb, text_emb = self(batch["image"], batch["tokens"])
-        caption_id = batch.get("caption_id")  # [B]: pairs of the same caption are all positives
+        # [B]: pairs of the same caption are all positives. A world without repeated captions passes none, and the
+        # loss takes open_clip's one-positive path (the same maths; the same bits).
+        caption_id = batch.get("caption_id") if self.several_true_pairs else None
         if getattr(self.loss, "hard_negatives", False):
             negatives = batch["negatives"]  # [B, K, L]
             negative_emb = self.text_encoder(negatives.flatten(0, 1))  # [B*K, D]
@@ -187,7 +191,8 @@ class DualEncoder(L.LightningModule):
         caption = caption_of[index]  # [B] each image's true gallery caption
         image_emb, text_emb = gallery_images[index], gallery_texts[caption]
         # self.log (not log_to_loggers): callbacks such as EarlyStopping(monitor="val/loss") read it.
-        val_loss = self.loss(image_emb, text_emb, caption_id=caption)  # val batches are mostly duplicates
+        # Val batches of a world with repeated captions are mostly one caption's images.
+        val_loss = self.loss(image_emb, text_emb, caption_id=caption if self.several_true_pairs else None)
         self.log("val/loss", val_loss, batch_size=len(image_emb), sync_dist=True)
         self.val_i2t.update(image_emb @ gallery_texts.T, caption, index)
         # Text queries are captions: a caption shown by several val images is one query (its id is the caption),
