@@ -6,6 +6,7 @@ The cadence, kill/resume and NaN-loss tests are in tests/test_reliability.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,3 +188,36 @@ def test_two_processes_save_on_the_same_epochs(make_cfg) -> None:
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["epoch"] == 2
     assert 0 <= torch.load(ckpt_dir / "best.ckpt", weights_only=False)["epoch"] <= 2
     assert 0.0 <= metrics["val/R@1"] <= 1.0
+
+
+def test_a_saved_nan_best_score_is_not_restored(tmp_path: Path) -> None:
+    """A checkpoint from before NaN was refused can hold a NaN "best": restoring it would leave every later score
+    unable to beat it (score > nan is false), so it is dropped; a finite one is kept."""
+    best = checkpoints.BestCheckpoint(tmp_path, "val/R@1", every_s=0)
+    best.load_state_dict({"dirpath": str(tmp_path), "best_model_score": torch.tensor(NAN)})
+    assert best.best_model_score is None
+    best.load_state_dict({"dirpath": str(tmp_path), "best_model_score": torch.tensor(0.25)})
+    assert float(best.best_model_score) == 0.25
+
+
+@pytest.mark.integration
+def test_a_resumed_siglip_run_keeps_its_learned_bias(make_cfg, tmp_path: Path) -> None:
+    """set_world_size (DualEncoder.setup) starts SigLIP's bias at -ln(global batch) before Lightning restores a
+    checkpoint, so resuming continues from the learned bias, not from the initial one."""
+    from nanovlm.run.training import build_model, train
+
+    first = tmp_path / "first"
+    train(make_cfg("loss=siglip", "trainer.max_epochs=2", "checkpoint_every_s=0", f"run_dir={first}"))
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["loss.logit_bias"]
+    assert abs(float(saved) - (-math.log(64))) > 1e-3  # the bias did move, so the check below can tell
+    cfg = make_cfg("loss=siglip", "trainer.max_epochs=3", f"ckpt_path={first}", f"run_dir={tmp_path / 'second'}")
+    seen: list[float] = []
+
+    class BiasAtStart(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            seen.append(float(pl_module.loss.logit_bias.detach()))
+
+    train(cfg, extra_callbacks=[BiasAtStart()])  # one more epoch from the checkpoint
+    fresh = build_model(cfg).loss.logit_bias.detach()
+    assert float(fresh) == pytest.approx(-math.log(64))  # a fresh model starts at the rule
+    assert seen == [pytest.approx(float(saved), abs=0)]

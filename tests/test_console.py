@@ -1,5 +1,5 @@
 """What a default `python train.py` prints: progress, the final numbers and where the files are; each log line
-once; none of the lines a user would learn to ignore (see nanovlm/console.py for where each one came from)."""
+once; none of the lines a user would learn to ignore (see nanovlm/run/console.py for where each one came from)."""
 
 from __future__ import annotations
 

@@ -324,3 +324,25 @@ def test_a_world_without_repeated_captions_trains_on_the_one_positive_path() -> 
 
     assert not ShapesDataModule().repeats_captions
     assert ScenesDataModule().repeats_captions
+
+
+def test_a_hard_negative_spelling_the_rows_caption_is_dropped_even_without_a_validity_mask() -> None:
+    torch.manual_seed(0)
+    img, txt, neg = _unit(7, 8), _unit(7, 8), _unit(2, 8)
+    ids = {"caption_id": torch.tensor(CAPTIONS), "negative_id": torch.tensor([3, 9])}
+    without = ClipLoss(0.1, hard_negatives=True).double()(img, txt, neg, None, **ids)
+    with_all_valid = ClipLoss(0.1, hard_negatives=True).double()(img, txt, neg, torch.ones(2, dtype=torch.bool), **ids)
+    torch.testing.assert_close(without, with_all_valid)
+    torch.testing.assert_close(without, reference_multi_positive_clip(img, txt, 0.1, CAPTIONS, neg, [3, 9]))
+
+
+def test_multi_positive_clip_is_computed_in_float32_under_bf16_autocast() -> None:
+    """Like F.cross_entropy under autocast: the logsumexp of bf16 logits would lose the gradient's precision."""
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(64, 16), dim=-1), F.normalize(torch.randn(64, 16), dim=-1)
+    ids = torch.randint(0, 20, (64,))
+    exact = ClipLoss(0.02).double()(img.double(), txt.double(), caption_id=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = ClipLoss(0.02)(img, txt, caption_id=ids)
+    assert mixed.dtype == torch.float32
+    assert float(mixed) == pytest.approx(float(exact), rel=2e-2)

@@ -115,3 +115,16 @@ def test_no_code_picks_the_task_by_the_loss() -> None:
 
     assert not hasattr(captioner, "is_captioning") and not hasattr(captioner, "build_captioner")
     assert "is_captioning" not in Path(training.__file__).read_text()
+
+
+def test_an_old_contrastive_config_resumes_as_the_diagonal_only_loss_it_trained_with() -> None:
+    """Checkpoints from before several true pairs were counted have no loss.multi_positive; they trained the
+    diagonal-only loss, so the upgraded config says false (and a resume that differs names that key)."""
+    from nanovlm.run.moved import upgrade_config
+
+    old = {"loss": {"_target_": "nanovlm.losses.SigLipLoss", "scale": 10.0}, "model": {"embed_dim": 32}}
+    assert upgrade_config(old)["loss"]["multi_positive"] is False
+    today = {"loss": {"_target_": "nanovlm.objectives.contrastive.ClipLoss", "multi_positive": True}, "model": {}}
+    assert upgrade_config(today)["loss"]["multi_positive"] is True
+    captioner = {"loss": {"_target_": "nanovlm.captioning.CaptionLoss"}, "model": {}}
+    assert "multi_positive" not in upgrade_config(captioner)["loss"]

@@ -40,8 +40,9 @@ def retrieval_from_scores(
     out: dict[str, float] = {}
     i2t, t2i = RetrievalRecall(), RetrievalRecall()
     i2t.update(scores[queries], captions, queries)  # [Q, C]
-    shows = caption_of[None, :] == captions[:, None]  # [Q, N]
-    t2i.update(scores.T[captions], shows, captions)  # a caption asked twice counts once
+    captions = captions.unique()  # a caption asked by several query images is one text query
+    shows = caption_of[None, :] == captions[:, None]  # [C_q, N]
+    t2i.update(scores.T[captions], shows, captions)
     for direction, metric in (("i2t", i2t), ("t2i", t2i)):
         out.update({f"{direction}_{k}": float(v) for k, v in metric.compute().items()})
     return out

@@ -48,10 +48,10 @@ def batch_targets(
         return None, all_negative_valid
     all_caption_id = gather_ids(caption_id)
     positives = caption_id[:, None] == all_caption_id[None, :]  # [B, N]
-    if negative_id is None or all_negative_valid is None:
+    if negative_id is None:
         return positives, all_negative_valid
     not_own = gather_ids(negative_id)[None, :] != caption_id[:, None]  # [B, M]
-    return positives, all_negative_valid.bool()[None, :] & not_own
+    return positives, not_own if all_negative_valid is None else all_negative_valid.bool()[None, :] & not_own
 
 
 def diagonal(rows: int, columns: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -69,6 +69,8 @@ def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) 
     read and monitored as it is on the seed world. With one positive per row it is F.cross_entropy. Written out,
     not as F.cross_entropy's probability targets: a dropped (-inf) column with target 0 would give 0 * -inf = nan.
     """
+    # At least float32, as autocast runs F.cross_entropy: a bf16 logsumexp loses the gradient's precision.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     positives = F.pad(positives, (0, logits.shape[1] - positives.shape[1]))  # [B, N + M]
     count = positives.sum(dim=1, keepdim=True)  # [B, 1] P_i
     positive_logit = (logits.masked_fill(~positives, 0.0) / count).sum(dim=1)  # [B] mean logit of the positives

@@ -219,8 +219,9 @@ class BestCheckpoint(_EpochEndCheckpoint):
         return {"dirpath": str(self.dirpath), "best_model_score": self.best_model_score}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("dirpath") == str(self.dirpath):
-            self.best_model_score = state_dict.get("best_model_score")
+        score = state_dict.get("best_model_score")
+        if state_dict.get("dirpath") == str(self.dirpath) and (score is None or bool(torch.isfinite(score).all())):
+            self.best_model_score = score  # a NaN "best" from before NaN was refused would never be beaten
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

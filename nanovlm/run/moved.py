@@ -98,6 +98,10 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     model = config.get("model")
     if isinstance(model, dict) and "_target_" not in model:
         model["_target_"] = TASK_OF_OLD_LOSS.get(old_loss, DEFAULT_TASK)
+    loss = config.get("loss")
+    contrastive = isinstance(loss, dict) and str(loss.get("_target_", "")).endswith(("ClipLoss", "SigLipLoss"))
+    if contrastive and "multi_positive" not in loss:
+        loss["multi_positive"] = False  # trained before several true pairs were counted: the diagonal-only loss
     return config
 
 

@@ -176,8 +176,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from["path"] if resume_from else None)
         if (preempted := preemption.stopped()) is not None:  # the scheduler's time is nearly up: it requeues us
             raise preempted
-        if model.validated_step != trainer.global_step:  # resumed a finished run, or stopped by max_steps/max_time
-            trainer.validate(model, datamodule=datamodule, verbose=False)  # the final numbers are the final weights
+        # The final numbers are the final weights': validate again if the last validation was at an earlier step
+        # (stopped by max_steps or max_time) or never (a resumed finished run). Under ddp_spawn the workers'
+        # validated_step does not come back to this process (callback_metrics do), so there it is None.
+        if model.validated_step is not None:
+            stale = model.validated_step != trainer.global_step
+        else:
+            stale = "val/R@1" not in trainer.callback_metrics
+        if stale:
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         metrics["time/fit_s"] = time.perf_counter() - start
         metrics["model/params"] = float(sum(p.numel() for p in model.parameters() if p.requires_grad))
