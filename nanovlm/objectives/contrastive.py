@@ -35,23 +35,27 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 def batch_targets(
     caption_id: torch.Tensor | None,
-    all_negative_valid: torch.Tensor | None,
+    negative_emb: torch.Tensor | None,
+    negative_valid: torch.Tensor | None,
     negative_id: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(positives [B, N], negative_valid [B, M] or [M]) for this process's rows against the gathered batch.
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(positives [B, N], negative_emb [M, D], negative_valid [B, M] or [M]): what this process's rows are scored
+    against beyond the gathered captions, the one place both losses get it from.
 
     `caption_id` [B]: the caption of each local pair (None: every pair is its own caption, the diagonal).
-    `negative_id` [M_local]: the caption each local hard negative spells (-1: not a caption of the world); a
-    negative is dropped from the rows whose own caption it is, so no row is pushed away from its truth.
+    `negative_emb` [M_local, D] and `negative_valid` [M_local]: the local hard negatives (None: none), gathered
+    with gradients like the captions. `negative_id` [M_local]: the caption each spells (-1: not a caption of the
+    world); a negative is dropped from the rows whose own caption it is, so no row is pushed away from its truth.
     Ids are gathered across processes like the embeddings."""
+    negative_emb, all_negative_valid = gather_negatives(negative_emb, negative_valid)
     if caption_id is None:
-        return None, all_negative_valid
+        return None, negative_emb, all_negative_valid
     all_caption_id = gather_ids(caption_id)
     positives = caption_id[:, None] == all_caption_id[None, :]  # [B, N]
     if negative_id is None:
-        return positives, all_negative_valid
+        return positives, negative_emb, all_negative_valid
     not_own = gather_ids(negative_id)[None, :] != caption_id[:, None]  # [B, M]
-    return positives, not_own if all_negative_valid is None else all_negative_valid.bool()[None, :] & not_own
+    return positives, negative_emb, not_own if all_negative_valid is None else all_negative_valid.bool() & not_own
 
 
 def diagonal(rows: int, columns: int, offset: int, device: torch.device) -> torch.Tensor:
@@ -193,9 +197,8 @@ class ClipLoss(nn.Module):
             _clamp_logit_scale(self.logit_scale)
         all_image_emb, offset = gather_with_grad(image_emb)
         all_text_emb, _ = gather_with_grad(text_emb)
-        all_negative_emb, all_negative_valid = gather_negatives(negative_emb, negative_valid)
-        positives, all_negative_valid = batch_targets(
-            caption_id if self.multi_positive else None, all_negative_valid, negative_id
+        positives, all_negative_emb, all_negative_valid = batch_targets(
+            caption_id if self.multi_positive else None, negative_emb, negative_valid, negative_id
         )
         return clip_loss(
             image_emb,
@@ -273,9 +276,8 @@ class SigLipLoss(nn.Module):
         _clamp_logit_scale(self.logit_scale)
         # Each process scores its own images against every process's texts: together the N*B x N*B pairs.
         all_text_emb, offset = gather_with_grad(text_emb)
-        all_negative_emb, all_negative_valid = gather_negatives(negative_emb, negative_valid)
-        positives, all_negative_valid = batch_targets(
-            caption_id if self.multi_positive else None, all_negative_valid, negative_id
+        positives, all_negative_emb, all_negative_valid = batch_targets(
+            caption_id if self.multi_positive else None, negative_emb, negative_valid, negative_id
         )
         return siglip_loss(
             image_emb,
