@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nanovlm.data.shapes import SEQ_LEN
 from nanovlm.models.transformer import check_transformer_sizes, decoder_blocks
 
 
@@ -35,7 +36,7 @@ class TextDecoder(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
-        max_len: int = 4,  # positions: the seed world's caption length; Captioner.from_config passes the world's
+        max_len: int = SEQ_LEN,  # positions: the seed world's caption length; Captioner.from_config passes the world's
     ) -> None:
         super().__init__()
         check_transformer_sizes("loss", width, depth, heads, mlp_ratio, dropout)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanovlm.data.shapes import SEQ_LEN
 from nanovlm.models.decoder import TextDecoder
 from nanovlm.models.decoding import DECODERS
 from nanovlm.objectives.contrastive import ClipLoss
@@ -71,7 +72,7 @@ class CaptionLoss(nn.Module):
         parallel_fraction: float = 0.0,
         retrieval: bool | str = "auto",
         decoding: str = "greedy",
-        max_len: int = 4,
+        max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__()
         if retrieval not in RETRIEVAL:
@@ -139,7 +140,7 @@ class CocaLoss(CaptionLoss):
         parallel_fraction: float = 0.0,
         retrieval: bool | str = "auto",
         decoding: str = "greedy",
-        max_len: int = 4,
+        max_len: int = SEQ_LEN,
     ) -> None:
         super().__init__(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained,
