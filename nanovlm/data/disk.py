@@ -1,0 +1,332 @@
+"""What every disk format shares: the caption table, the split by image, bad data, and `DiskDataModule`.
+
+A format module (nanovlm.data.files, nanovlm.data.coco) only reads its index into `Pairs` (image files and the
+captions of each); everything else is here, so csv and COCO serve the same batches (nanovlm.data.datamodule's
+contract) and fail the same way. Webdataset shards (nanovlm.data.shards) are streamed instead of indexed and share
+the caption table, the bad-data rules and the gallery.
+
+- Captions: a subword tokenizer is trained on the training captions (nanovlm.data.subword); a caption's id is the
+  id of its token sequence, so two texts the model cannot tell apart are the same caption (a true pair for the
+  losses, one column of the gallery), never two that would tie forever.
+- Several captions per image: each image is one item per epoch, with one of its captions drawn at each visit
+  (seeded through torch's generator, per DataLoader worker), so an image is never two rows of a batch.
+- Gallery (`data.gallery=val`, the default here): the val images and every caption of theirs, the Karpathy-split
+  protocol: image->text is a hit when any of the image's captions is in the top k, text->image asks each caption once.
+- Bad data (`data.on_bad_sample`): `fail` stops with one line naming the file and row, exit 2 (a BadData is a
+  ConfigError); `skip` drops the sample and counts it (`data/skipped`). Indexed formats check every row and image
+  file when the datamodule is built, before any run dir exists.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from nanovlm.data.datamodule import Gallery
+from nanovlm.data.images import BadImage, ImageTransform, open_rgb
+from nanovlm.data.subword import SubwordTokenizer
+from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
+from nanovlm.run.config import ConfigError, check_value
+
+ON_BAD_SAMPLE = ("fail", "skip")
+# DiskDataModule's keys, which every format's constructor repeats (so config validation sees each one's type).
+COMMON = (
+    "batch_size", "image_size", "augment", "num_workers", "max_tokens", "tokenizer", "tokenizer_path",
+    "val_fraction", "split_seed", "gallery", "on_bad_sample",
+)  # fmt: skip
+GALLERIES = ("val", "world")
+
+
+class BadData(ConfigError):
+    """A sample the run cannot use: the message names the file and the row or key, and what is wrong with it."""
+
+
+@dataclass
+class Pairs:
+    """One split of an indexed dataset: image i is the file `images[i]` with captions `captions[i]`; `where[i]`
+    says where it was read from ("pairs.csv row 7"), for the one line a bad sample gets."""
+
+    images: list[Path] = field(default_factory=list)
+    captions: list[list[str]] = field(default_factory=list)
+    where: list[str] = field(default_factory=list)
+
+    def add(self, image: Path, caption: str, where: str, index: dict[Path, int]) -> None:
+        """Add a caption of `image` (a new image, or one already listed: its captions are grouped)."""
+        if image not in index:
+            index[image] = len(self.images)
+            self.images.append(image), self.captions.append([]), self.where.append(where)
+        self.captions[index[image]].append(caption)
+
+    def take(self, keep: Sequence[int]) -> Pairs:
+        return Pairs([self.images[i] for i in keep], [self.captions[i] for i in keep], [self.where[i] for i in keep])
+
+
+def split_by_image(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+    """A seeded val_fraction of the images (with all their captions) is val, so no image straddles the split."""
+    order = torch.randperm(len(pairs.images), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(order) * val_fraction))
+    return pairs.take(sorted(order[n_val:])), pairs.take(sorted(order[:n_val]))
+
+
+def check_image_file(path: Path) -> str | None:
+    """Why `path` is not a usable image, or None. Cheap enough for every file at start-up: the header is read
+    (PIL's open) and a PNG or JPEG must end with its end marker, which catches a truncated download without
+    decoding the pixels."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "no such file"
+    if size == 0:
+        return "an empty file"
+    with path.open("rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - 12))
+        tail = f.read()
+    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
+        return "a truncated PNG (no IEND chunk)"
+    if head.startswith(b"\xff\xd8") and not tail.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "a truncated JPEG (no end-of-image marker)"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, OSError) as error:
+        return f"not an image PIL can read ({type(error).__name__})"
+
+
+def build_tokenizer(
+    tokenizer: dict[str, Any], captions: Sequence[str], max_tokens: int, tokenizer_path: str | None
+) -> TextTokenizer:
+    """The subword tokenizer `tokenizer` ({kind, vocab_size}) describes, trained on `captions`; or the one saved at
+    `tokenizer_path` (a run dir's tokenizer.json), so a new run can read text exactly as an earlier one did."""
+    if tokenizer_path:
+        import json
+
+        path = Path(tokenizer_path)
+        if not path.is_file():
+            raise ConfigError(f"data.tokenizer_path: no such file {str(path)!r} (a run dir's tokenizer.json)")
+        return tokenizer_from_state(json.loads(path.read_text()))
+    unknown = set(tokenizer) - {"kind", "vocab_size"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) data.tokenizer.{', '.join(sorted(unknown))}; allowed: kind, vocab_size")
+    return SubwordTokenizer.train(captions, tokenizer.get("kind", "bpe"), tokenizer.get("vocab_size", 4096), max_tokens)
+
+
+class CaptionTable:
+    """Every distinct caption of a dataset as token ids, and the caption ids of each image's captions.
+
+    tokens [C, L]: caption id c's tokens; `ids[i]` the caption ids of image i (several for COCO)."""
+
+    def __init__(self, tokenizer: TextTokenizer, captions: Sequence[Sequence[str]]) -> None:
+        flat = [c for cs in captions for c in cs]
+        encoded = tokenizer.encode_batch(flat) if flat else torch.zeros(0, tokenizer.max_len, dtype=torch.long)
+        self.tokens, inverse = torch.unique(encoded, dim=0, return_inverse=True)  # [C, L], [sum of captions]
+        counts = [len(cs) for cs in captions]
+        self.ids: list[list[int]] = [chunk.tolist() for chunk in inverse.split(counts)] if flat else []
+        self.lookup = {tuple(row): i for i, row in enumerate(self.tokens.tolist())}
+
+    def id_of(self, tokens: torch.Tensor) -> int:
+        return self.lookup[tuple(tokens.tolist())]
+
+
+def gallery_of(images: torch.Tensor, image_index: torch.Tensor, caption_ids: Sequence[Sequence[int]], tokens):
+    """The Gallery of decoded `images` [N, 3, S, S] (batch ids `image_index`) whose captions are `caption_ids`."""
+    columns = torch.tensor(sorted({c for cs in caption_ids for c in cs}), dtype=torch.long)
+    position = {int(c): j for j, c in enumerate(columns)}
+    truth = torch.zeros(len(images), len(columns), dtype=torch.bool)
+    for row, cs in enumerate(caption_ids):
+        truth[row, [position[c] for c in cs]] = True
+    return Gallery(images, tokens[columns], truth, image_index, columns)
+
+
+class PairDataset(Dataset):
+    """Images `items` of an indexed dataset, decoded in the worker; one caption drawn per visit (`draw`), else
+    the first. A file that fails to decode becomes {"bad": line} for the datamodule to fail on or skip."""
+
+    def __init__(self, pairs: Pairs, ids: list[list[int]], first_index: int, tokens, transform, draw: bool) -> None:
+        self.pairs, self.ids, self.first_index = pairs, ids, first_index
+        self.tokens, self.transform, self.draw = tokens, transform, draw
+
+    def __len__(self) -> int:
+        return len(self.pairs.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            image = self.transform(open_rgb(self.pairs.images[i]))
+        except BadImage as error:
+            return {"bad": f"{self.pairs.where[i]}: image {str(self.pairs.images[i])!r} is {error}"}
+        ids = self.ids[i]
+        caption = ids[int(torch.randint(len(ids), ()))] if self.draw and len(ids) > 1 else ids[0]
+        return {"image": image, "tokens": self.tokens[caption], "caption_id": caption, "index": self.first_index + i}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the good samples; the bad ones' lines travel beside them as "bad" (checked in the main process)."""
+    good = [s for s in samples if "bad" not in s]
+    batch: dict[str, Any] = {"bad": [s["bad"] for s in samples if "bad" in s]}
+    if good:
+        batch["image"] = torch.stack([s["image"] for s in good])
+        batch["tokens"] = torch.stack([s["tokens"] for s in good])
+        batch["caption_id"] = torch.tensor([s["caption_id"] for s in good], dtype=torch.long)
+        batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+    return batch
+
+
+class DiskDataModule(L.LightningDataModule):
+    """Pairs on disk served on the synthetic worlds' batch contract. A format fills in `read()`.
+
+    What the rest of nanovlm asks of a datamodule is here too: `tokenizer`, `gallery()`, `repeats_captions`,
+    `attributes()` (none: zero-shot on attributes and the attribute pictures skip), `negative_kinds` (none)."""
+
+    negative_kinds: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        image_size: int = 32,
+        augment: bool = False,
+        num_workers: int = 0,
+        max_tokens: int = 32,
+        tokenizer: dict[str, Any] | None = None,
+        tokenizer_path: str | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        gallery: str = "val",
+        on_bad_sample: str = "fail",
+    ) -> None:
+        super().__init__()
+        check_value("data.batch_size", batch_size)
+        check_value("data.val_fraction", val_fraction)
+        for key, value, allowed in (("gallery", gallery, GALLERIES), ("on_bad_sample", on_bad_sample, ON_BAD_SAMPLE)):
+            if value not in allowed:
+                raise ConfigError(f"data.{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if image_size < 8:
+            raise ConfigError(f"data.image_size must be >= 8 pixels, got {image_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.image_size, self.augment, self.num_workers = batch_size, image_size, augment, num_workers
+        self.gallery_choice, self.on_bad_sample = gallery, on_bad_sample
+        self.skipped, self._logged_skipped = 0, 0
+        train, val = self.read()
+        if val is None:
+            train, val = split_by_image(train, val_fraction, split_seed)
+        self.train_pairs, self.val_pairs = self.checked(train), self.checked(val)
+        for name, split in (("training", self.train_pairs), ("validation", self.val_pairs)):
+            if len(split.images) < 2:
+                raise BadData(f"the {name} split has {len(split.images)} usable image(s); it needs at least 2")
+        train_captions = [c for cs in self.train_pairs.captions for c in cs]
+        self.tokenizer: TextTokenizer = build_tokenizer(tokenizer or {}, train_captions, max_tokens, tokenizer_path)
+        self.table = CaptionTable(self.tokenizer, self.train_pairs.captions + self.val_pairs.captions)
+        self.tokens = self.table.tokens
+        self.n_train = len(self.train_pairs.images)
+        self._gallery: Gallery | None = None
+
+    def read(self) -> tuple[Pairs, Pairs | None]:
+        """(train, val) of the format's index; val None: split train by image (`data.val_fraction`)."""
+        raise NotImplementedError
+
+    # --- Bad data ------------------------------------------------------------------------------------------------
+
+    def reject(self, line: str) -> None:
+        """A bad sample: stop (`on_bad_sample=fail`) or count it (`skip`), warning once."""
+        if self.on_bad_sample == "fail":
+            raise BadData(f"{line} (data.on_bad_sample=skip skips such samples)")
+        if self.skipped == 0:
+            warnings.warn(f"skipping bad samples (data.on_bad_sample=skip), the first: {line}", stacklevel=2)
+        self.skipped += 1
+
+    def checked(self, pairs: Pairs) -> Pairs:
+        """`pairs` without the images whose file is unusable (every one is checked) and without empty captions."""
+        keep: list[int] = []
+        for i, (path, captions) in enumerate(zip(pairs.images, pairs.captions, strict=True)):
+            problem = check_image_file(path)
+            if problem is not None:
+                self.reject(f"{pairs.where[i]}: image {str(path)!r} is {problem}")
+                continue
+            good = [c.strip() for c in captions if c.strip()]
+            if len(good) < len(captions):
+                self.reject(f"{pairs.where[i]}: an empty caption for image {str(path)!r}")
+            if good:
+                pairs.captions[i] = good
+                keep.append(i)
+        return pairs.take(keep)
+
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """In the main process, before the batch reaches the model: a sample that failed in a worker fails the run
+        here, with its one line, or is counted and logged as `data/skipped`."""
+        for line in batch.pop("bad", []):
+            self.reject(line)
+        if self.skipped != self._logged_skipped and self.trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_metrics({"data/skipped": float(self.skipped)}, step=self.trainer.global_step)
+            self._logged_skipped = self.skipped
+        if "image" not in batch:
+            raise BadData("a whole batch of bad samples: nothing left to train on")
+        return batch
+
+    # --- What the model and validation ask for ------------------------------------------------------------------
+
+    @property
+    def repeats_captions(self) -> bool:
+        """Whether some caption is shown by several images: then a batch can hold several true pairs."""
+        owners = [c for ids in self.table.ids for c in set(ids)]
+        return len(set(owners)) < len(owners)
+
+    def attributes(self) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
+        return {}
+
+    def hard_negatives(self, index: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def transform(self, train: bool) -> ImageTransform:
+        return ImageTransform(self.image_size, augment=self.augment and train)
+
+    def dataset(self, train: bool, draw: bool | None = None) -> PairDataset:
+        pairs, ids, first = (
+            (self.train_pairs, self.table.ids[: self.n_train], 0)
+            if train
+            else (self.val_pairs, self.table.ids[self.n_train :], self.n_train)
+        )
+        return PairDataset(pairs, ids, first, self.tokens, self.transform(train), train if draw is None else draw)
+
+    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,  # workers live across epochs: starting them costs seconds
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(train=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(train=False), shuffle=False)
+
+    def gallery(self) -> Gallery:
+        """The val images (`data.gallery=val`) or every image (`world`), decoded once, and all their captions; on
+        the training device."""
+        if self._gallery is None:
+            parts = [self.dataset(train=False)]
+            if self.gallery_choice == "world":
+                parts.insert(0, self.dataset(train=True, draw=False))
+                parts[0].transform = self.transform(train=False)
+            batches = [self.on_before_batch_transfer(b, 0) for b in self.loader(ConcatDataset(parts), shuffle=False)]
+            images = torch.cat([b["image"] for b in batches])
+            index = torch.cat([b["index"] for b in batches])
+            ids = [self.table.ids[int(i)] for i in index]
+            self._gallery = gallery_of(images, index, ids, self.tokens)
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self._gallery = Gallery(*(getattr(self._gallery, f.name).to(device) for f in fields(Gallery)))
+        return self._gallery
