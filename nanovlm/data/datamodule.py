@@ -1,17 +1,76 @@
-"""What every world hands the model: the batch contract, and `WorldDataModule`, the base each world fills in.
+"""What every dataset hands the model: the batch, the gallery, and `WorldDataModule`, the base each world fills in.
 
-A world (nanovlm.data.shapes, nanovlm.data.scenes) is generated in memory at start-up and served as tensor slices:
-a model this small is slowed down more by per-item collation and worker processes than by anything it computes.
+The batch (every datamodule's loaders yield it; docs/data.md draws it):
+
+- "image" [B, 3, S, S] float in [0, 1], S = data.image_size;
+- "tokens" [B, L] long, the caption as its tokenizer encodes it (BOS first, right-padded with `tokenizer.pad_id`;
+  the padding mask is `tokens != pad_id`, see nanovlm.data.tokenizer);
+- "caption_id" [B] long: equal ids are the same caption text, so the losses count every such pair as true;
+- "index" [B] long: the image's id in the dataset (what the gallery's rows are keyed by);
+- optionally "negatives" [B, K, L], "negative_valid" [B, K] bool, "negative_id" [B, K] (the caption each negative
+  spells, -1 if none): generated hard negatives, for a world that has them (`negative_kinds`).
+
+A dataset with several captions per image serves each image once per epoch with one of them, so an image is never
+two rows of one batch. What validation ranks against is a `Gallery`.
+
+A synthetic world (nanovlm.data.shapes, nanovlm.data.scenes) is generated in memory at start-up and served as
+tensor slices: a model this small is slowed down more by per-item collation and worker processes than by anything
+it computes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from nanovlm.data.tokenizer import Tokenizer
+from nanovlm.data.tokenizer import TextTokenizer, Tokenizer
 from nanovlm.run.config import check_value
+
+GALLERIES = ("world", "val")
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """What retrieval ranks against: images, distinct captions, and which of them belong together.
+
+    images [N, 3, S, S]; tokens [C, L]; truth [N, C] bool, image n shows caption c (a scenes caption is shown by
+    9 images, a COCO image has 5 captions: true items in both directions); image_index [N] the batch "index" of
+    each row; caption_index [C] the batch "caption_id" of each column. Image->text ranks a query image's row
+    against all C captions, text->image a caption's column against all N images, every true item counting.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    truth: torch.Tensor
+    image_index: torch.Tensor
+    caption_index: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Gallery rows of images with batch ids `index` [B] (each must be in the gallery)."""
+        return _positions(self.image_index, index, "image")
+
+    def columns(self, caption_id: torch.Tensor) -> torch.Tensor:
+        """Gallery columns of captions with batch ids `caption_id` [B]."""
+        return _positions(self.caption_index, caption_id, "caption")
+
+    def captions_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The columns true for any of the images at `rows`, each once: the text->image queries they ask."""
+        return torch.nonzero(self.truth[rows].any(dim=0)).flatten()
+
+
+def _positions(keys: torch.Tensor, wanted: torch.Tensor, what: str) -> torch.Tensor:
+    if bool((keys == torch.arange(len(keys), device=keys.device)).all()):  # the whole world: ids are positions
+        return wanted
+    lookup = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long, device=keys.device)
+    lookup[keys] = torch.arange(len(keys), device=keys.device)
+    found = lookup[wanted.clamp(max=len(lookup) - 1)].where(wanted < len(lookup), -1)
+    if bool((found < 0).any()):
+        raise ValueError(f"a batch {what} is not in the gallery (data.gallery=val ranks val images only)")
+    return found
 
 
 class TensorSliceDataset(Dataset):
@@ -67,8 +126,12 @@ class WorldDataModule(L.LightningDataModule):
     A batch is {"image", "tokens", "caption_id" (the caption of each image: equal ids are the same caption, so
     the losses count every such pair as true), "index" (the image), and the caption extras}.
 
-    Class attributes `vocab`, `seq_len` and `caption_form` describe its captions; the model's text encoder takes
-    its vocabulary size and caption length from them (training.build_model), so no code names a world.
+    Class attributes `vocab`, `seq_len` and `caption_form` describe its captions and make its `tokenizer`; the
+    model takes its vocabulary size, caption length and padding id from that tokenizer (training.build_model), so no
+    code names a world. The world is drawn at 32 px; `image_size` resizes it once (bilinear, antialiased).
+    `gallery` picks what validation ranks against: "world" (every image and caption, the default: a val-only
+    gallery of 49 seed-world pairs would make the task easier than it is) or "val" (the val split only, the
+    protocol of real datasets).
     """
 
     vocab: tuple[str, ...] = ()
@@ -83,15 +146,28 @@ class WorldDataModule(L.LightningDataModule):
     train_idx: torch.Tensor
     val_idx: torch.Tensor
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, image_size: int = 32, gallery: str = "world") -> None:
         super().__init__()
         check_value("data.batch_size", batch_size)  # the ranges live in nanovlm.run.config.RULES
-        self.batch_size = batch_size
+        if image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8 pixels, got {image_size}")
+        if gallery not in GALLERIES:
+            raise ValueError(f"data.gallery must be one of {', '.join(GALLERIES)}, got {gallery!r}")
+        self.batch_size, self.image_size, self.gallery_choice = batch_size, image_size, gallery
         self.caption_extras: dict[str, torch.Tensor] = {}
+        self.tokenizer: TextTokenizer = self.world_tokenizer()
 
     @classmethod
-    def tokenizer(cls) -> Tokenizer:
+    def world_tokenizer(cls) -> Tokenizer:
+        """The closed word tokenizer of the world's vocabulary (what `tokenizer` is for every synthetic world)."""
         return Tokenizer(cls.vocab, cls.seq_len, cls.caption_form)
+
+    def sized(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` [N, 3, H, W] at `image_size` (unchanged when they already are)."""
+        if images.shape[-1] == self.image_size:
+            return images
+        size = (self.image_size, self.image_size)
+        return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
     def setup(self, stage: str) -> None:
         """Move the whole dataset to the training device once: batches are then slices of device tensors,
@@ -111,18 +187,23 @@ class WorldDataModule(L.LightningDataModule):
         bit."""
         return len(torch.unique(self.caption_of)) < len(self.caption_of)
 
-    def gallery(self) -> dict[str, torch.Tensor]:
-        """What retrieval ranks against: every image and every distinct caption of the world (not only val's).
-
-        "image" [N, ...], "tokens" [C, L], "caption" [N] (the true gallery caption of each image), "index" [N].
-        """
-        index = torch.arange(len(self.images), device=self.images.device)
-        return {"image": self.images, "tokens": self.tokens, "caption": self.caption_of, "index": index}
+    def gallery(self) -> Gallery:
+        """What retrieval ranks against (`data.gallery`): every image and distinct caption of the world, or the val
+        images and the captions they show."""
+        device = self.images.device
+        if self.gallery_choice == "world":
+            image_index = torch.arange(len(self.images), device=device)
+            caption_index = torch.arange(len(self.tokens), device=device)
+        else:
+            image_index = self.val_idx.sort().values
+            caption_index = torch.unique(self.caption_of[image_index])
+        truth = self.caption_of[image_index][:, None] == caption_index[None, :]  # [N, C]
+        return Gallery(self.images[image_index], self.tokens[caption_index], truth, image_index, caption_index)
 
     def attributes(self) -> dict[str, tuple[tuple[str, ...], torch.Tensor]]:
-        """{attribute: (its values, the value id of each gallery caption [C])}: what zero-shot classification
-        and the pictures colour by."""
-        raise NotImplementedError
+        """{attribute: (its values, the value id of each caption [C])}: what zero-shot classification and the
+        pictures colour by. Empty for a world without such attributes: both are then skipped with one line."""
+        return {}
 
     def hard_negatives(self, index: int) -> dict[str, torch.Tensor]:
         """Image `index`'s generated negative captions as token ids, by kind; a kind that would equal the truth

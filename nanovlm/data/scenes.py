@@ -110,7 +110,8 @@ def build_world() -> dict[str, torch.Tensor | list[str] | list[Scene]]:
 
 
 class ScenesDataModule(WorldDataModule):
-    """The two-object world, split four ways (all splits are of images; the gallery is always the whole world):
+    """The two-object world, split four ways (all splits are of images; the gallery is the whole world unless
+    data.gallery=val):
 
     - `random`: a seeded `val_fraction` of the 12,636 images;
     - `placement`: per relation, a seeded round(9 x val_fraction) of its 9 cell pairs are val: those two cells
@@ -127,15 +128,21 @@ class ScenesDataModule(WorldDataModule):
     negative_kinds = NEGATIVE_KINDS
 
     def __init__(
-        self, batch_size: int = 128, val_fraction: float = 0.2, split_seed: int = 0, split: str = "order_holdout"
+        self,
+        batch_size: int = 128,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        split: str = "order_holdout",
+        image_size: int = 32,
+        gallery: str = "world",
     ) -> None:
-        super().__init__(batch_size)
+        super().__init__(batch_size, image_size, gallery)
         check_value("data.val_fraction", val_fraction)  # the ranges live in nanovlm.run.config.RULES
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.split_name, self.val_fraction, self.split_seed = split, val_fraction, split_seed
         world = build_world()
-        self.images, self.tokens, self.captions = world["images"], world["tokens"], world["captions"]
+        self.images, self.tokens, self.captions = self.sized(world["images"]), world["tokens"], world["captions"]
         self.scenes: list[Scene] = world["scenes"]
         self.caption_of = torch.arange(len(self.captions)).repeat_interleave(N_PLACEMENTS)  # [N]
         self.placement_of = torch.arange(N_PLACEMENTS).repeat(len(self.captions))  # [N]

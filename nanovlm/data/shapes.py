@@ -132,8 +132,8 @@ class ShapesDataModule(WorldDataModule):
     `split="random"`: a seeded random val_fraction of the pairs is val. `split="compositional"`: val is
     every pair of the `holdout` colour x shape combos (val_fraction and split_seed are unused).
 
-    `gallery()` gives all 243 items: retrieval is ranked against the whole caption/image space,
-    since a val-only gallery of 49 would make the task easier than it is.
+    `gallery()` gives all 243 items by default: retrieval is ranked against the whole caption/image space,
+    since a val-only gallery of 49 would make the task easier than it is (`data.gallery=val` asks for that).
     """
 
     vocab, seq_len, caption_form = VOCAB, SEQ_LEN, CAPTION_FORM
@@ -145,13 +145,16 @@ class ShapesDataModule(WorldDataModule):
         split_seed: int = 0,
         split: str = "random",
         holdout: Sequence[str] = ("yellow triangle", "blue circle"),
+        image_size: int = IMAGE_SIZE,
+        gallery: str = "world",
     ) -> None:
-        super().__init__(batch_size)
+        super().__init__(batch_size, image_size, gallery)
         check_value("data.val_fraction", val_fraction)  # the ranges live in nanovlm.run.config.RULES
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.val_fraction, self.split_seed = val_fraction, split_seed
-        self.images, self.tokens, self.captions = build_tensors()
+        images, self.tokens, self.captions = build_tensors()
+        self.images = self.sized(images)
         self.caption_of = torch.arange(len(self.captions))  # one image per caption
         if split == "compositional":
             self.train_idx, self.val_idx = self.compositional_split(holdout)

@@ -1,27 +1,93 @@
-"""The closed word-level tokenizer: every world's captions are a fixed number of words from a closed vocabulary.
+"""What turns a caption into token ids: the tokenizer protocol, its registry, and the closed word-level tokenizer.
 
-A world builds one over its own vocabulary (`WorldDataModule.tokenizer()`); id 0 is `[CLS]`, which every caption
-starts with and every text encoder reads its summary from. Captions have exactly `seq_len - 1` words, so there is
-no padding, end token or unknown word: a word outside the vocabulary is an error naming the vocabulary.
+Every datamodule has a `tokenizer` (see `TextTokenizer`); the model is sized from it (vocabulary, positions, the
+padding id: `nanovlm.run.training.build_model`), and its `state()` travels inside every checkpoint and beside it in
+the run dir, so evaluation and resume read text exactly as training did (`tokenizer_from_state`).
+
+The synthetic worlds use `Tokenizer`, a closed word-level one: every caption is `seq_len - 1` words from the world's
+vocabulary, so it needs no padding, no end token and no unknown word (those ids are None), and its ids are the
+ones every earlier checkpoint was trained with ([CLS] = 0, then the world's words). Free-form captions use a subword
+tokenizer (nanovlm.data.subword) with all three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 CLS = "[CLS]"
 
 
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What every tokenizer offers. Texts are encoded to `max_len` ids: BOS (the [CLS] a text encoder reads its
+    summary from) first, then the text's ids, then EOS where there is one, then PAD to the end. The padding mask
+    is `tokens != pad_id` (`padding_mask`): derived from the ids, never carried beside them, so the two cannot
+    disagree."""
+
+    kind: str  # its registry name: what `state()["kind"]` says
+    vocab_size: int
+    max_len: int  # positions of an encoded text, BOS (and EOS) included
+    bos_id: int
+    pad_id: int | None  # None: every text fills max_len exactly
+    eos_id: int | None  # None: texts have a fixed length, nothing marks their end
+    unk_id: int | None  # None: an unknown word is an error naming the vocabulary
+    form: str | None  # a closed world's caption form ("<colour> <shape> <position>"): its slots; None if free-form
+
+    def encode(self, text: str) -> torch.Tensor: ...
+    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor: ...
+    def decode(self, ids: torch.Tensor) -> str: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, Callable[[dict[str, Any]], TextTokenizer]] = {}
+
+
+def register_tokenizer(kind: str, from_state: Callable[[dict[str, Any]], TextTokenizer]) -> None:
+    """Make `tokenizer_from_state` rebuild tokenizers whose state says `kind` with `from_state`."""
+    _REGISTRY[kind] = from_state
+
+
+def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
+    """The tokenizer a `state()` describes (what a checkpoint holds under "tokenizer")."""
+    kind = state.get("kind")
+    if kind not in _REGISTRY:
+        import importlib.util
+
+        if importlib.util.find_spec("nanovlm.data.subword") is not None:  # registers the subword kinds, only now
+            importlib.import_module("nanovlm.data.subword")
+    if kind not in _REGISTRY:
+        raise ValueError(f"tokenizer kind {kind!r} is not one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[kind](state)
+
+
+def padding_mask(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor | None:
+    """[B, L] bool, True where a token is real; None when there is no padding id (nothing to mask)."""
+    return None if pad_id is None else tokens != pad_id
+
+
 class Tokenizer:
     """Word-level tokenizer over a world's closed vocabulary: a caption of `seq_len - 1` words becomes
     [CLS] + one id per word. Each world passes its own vocabulary, length and caption form (for the error)."""
+
+    kind = "words"
+    pad_id = eos_id = unk_id = None
 
     def __init__(self, vocab: Sequence[str], seq_len: int, form: str) -> None:
         self.vocab = tuple(vocab)
         self.seq_len, self.form = seq_len, form
         self.ids = {word: i for i, word in enumerate(self.vocab)}
+        self.bos_id = self.ids[CLS]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def max_len(self) -> int:
+        return self.seq_len
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -40,4 +106,10 @@ class Tokenizer:
         return torch.stack([self.encode(t) for t in texts])
 
     def decode(self, ids: torch.Tensor) -> str:
-        return " ".join(self.vocab[int(i)] for i in ids if int(i) != self.ids[CLS])
+        return " ".join(self.vocab[int(i)] for i in ids if int(i) != self.bos_id)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab": list(self.vocab), "seq_len": self.seq_len, "form": self.form}
+
+
+register_tokenizer(Tokenizer.kind, lambda s: Tokenizer(s["vocab"], s["seq_len"], s["form"]))
