@@ -162,7 +162,7 @@ def test_captioner_on_scenes_scores_hard_negatives_by_likelihood(make_cfg) -> No
     from nanovlm.data.scenes import ScenesDataModule
 
     world = ScenesDataModule.__new__(ScenesDataModule)  # only the tokenizer, not the 12,636 images
-    tokenizer = world.tokenizer()
+    tokenizer = world.world_tokenizer()
     truth = tokenizer.encode("red circle left-of blue square")
     negatives = tokenizer.encode_batch(["blue square left-of red circle", "red circle above blue square"])
     images = torch.rand(1, 3, 32, 32)

@@ -120,7 +120,7 @@ def test_a_deferred_best_checkpoint_holds_the_best_epochs_weights(make_cfg) -> N
     assert torch.load(best, weights_only=False)["epoch"] == best_epoch
     model, config = load_model(best)
     dm = ShapesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
-    out = retrieval(*embed_gallery(model, dm.gallery()), dm.val_idx)
+    out = retrieval(*embed_gallery(model, dm.images, dm.tokens), dm.val_idx)
     assert (out["i2t_R@1"] + out["t2i_R@1"]) / 2 == pytest.approx(recalls[best_epoch], abs=1e-6)
 
 

@@ -68,7 +68,7 @@ def test_render_rejects_unknown_attribute() -> None:
 
 
 def test_tokenizer_round_trip_and_unknown_word() -> None:
-    tok = ShapesDataModule.tokenizer()
+    tok = ShapesDataModule.world_tokenizer()
     assert len(tok) == len(VOCAB) == 1 + 9 + 3 + 9
     for text in ("pink circle top", "green square bottom-right"):
         ids = tok.encode(text)
@@ -101,7 +101,7 @@ def test_dataloaders_serve_tensor_batches_of_the_right_items() -> None:
     assert sorted(seen) == dm.train_idx.tolist()
     val_seen = torch.cat([b["index"] for b in dm.val_dataloader()])
     assert val_seen.tolist() == dm.val_idx.tolist()
-    assert len(dm.gallery()["image"]) == 243
+    assert len(dm.gallery().images) == 243
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

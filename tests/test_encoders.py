@@ -72,7 +72,7 @@ def test_mha_depends_on_word_order_but_mean_pool_does_not() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"patch_size": 5}, r"encoder\.patch_size must divide 32, got 5"),
+    ({"patch_size": 5}, r"encoder\.patch_size must divide data\.image_size \(32\), got 5"),
     ({"heads": 3}, r"encoder\.heads \(3\) must divide encoder\.width \(64\)"),
     ({"depth": 0}, r"encoder\.width, encoder\.depth, encoder\.heads must be >= 1"),
     ({"dropout": 1.0}, r"encoder\.dropout must be in \[0, 1\)"),

@@ -41,7 +41,7 @@ def test_evaluation_equals_the_training_metric_on_the_same_weights(short_run) ->
     from nanovlm.evaluate.plots import embed_gallery
 
     dm = ShapesDataModule(**{k: v for k, v in config["data"].items() if k != "_target_"})
-    image_emb, text_emb = embed_gallery(model, dm.gallery())
+    image_emb, text_emb = embed_gallery(model, dm.images, dm.tokens)
     ours = retrieval(image_emb, text_emb, dm.val_idx)
     assert 0 < metrics["val/i2t_R@5"] < 1 or 0 < metrics["val/t2i_R@5"] < 1, "pick a run that is not trivial"
     for key, value in ours.items():

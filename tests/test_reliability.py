@@ -177,7 +177,7 @@ def _options_with_key(group: str, *keys: str) -> list[str]:
 @pytest.mark.parametrize("option", _options_with_key("encoder", "patch_size"))
 def test_patch_size_must_divide_32(make_cfg, option: str) -> None:
     choice, key = option.split(":")
-    with pytest.raises(ConfigError, match=rf"encoder\.{key} must divide 32, got 5"):
+    with pytest.raises(ConfigError, match=rf"encoder\.{key} must divide data\.image_size \(32\), got 5"):
         train(make_cfg(choice, f"encoder.{key}=5"))
 
 

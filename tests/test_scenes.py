@@ -91,7 +91,7 @@ def test_shapes_in_the_picture_match_the_caption() -> None:
 
 def test_tokens_decode_to_the_caption_and_the_vocabulary_comes_from_the_world() -> None:
     dm = world()
-    tokenizer = dm.tokenizer()
+    tokenizer = dm.tokenizer
     assert tokenizer.vocab == dm.vocab and len(tokenizer) == 1 + 9 + 3 + 2
     for c in range(0, len(dm.captions), 97):
         assert tokenizer.decode(dm.tokens[c]) == dm.captions[c]
@@ -127,7 +127,7 @@ def test_hard_negatives_of_an_image_and_the_batches_carry_them() -> None:
     same_colour = next(i for i in range(len(dm.images)) if dm.scenes[int(dm.caption_of[i])][0][0] == "red"
                        and dm.scenes[int(dm.caption_of[i])][2][0] == "red")  # fmt: skip
     assert set(dm.hard_negatives(same_colour)) == {"order", "relation"}
-    tokenizer = dm.tokenizer()
+    tokenizer = dm.tokenizer
     i = 9 * 40 + 3
     truth = dm.captions[int(dm.caption_of[i])]
     negatives = {kind: tokenizer.decode(t) for kind, t in dm.hard_negatives(i).items()}
@@ -253,7 +253,7 @@ def test_scenes_words_are_all_used() -> None:
     used = {w for c in world().captions for w in c.split()}
     assert used == set(world().vocab) - {"[CLS]"}
     assert caption((("red", "circle"), "above", ("blue", "square"))) == "red circle above blue square"
-    assert isinstance(world().tokenizer(), Tokenizer)
+    assert isinstance(world().tokenizer, Tokenizer)
     assert list(itertools.islice(OBJECTS, 2)) == [("red", "circle"), ("red", "square")]
 
 
@@ -322,8 +322,8 @@ def test_evaluate_agrees_with_validation_on_scenes(scenes_run, tmp_path) -> None
     queries = dm.val_idx[: 4 * dm.batch_size]
     with torch.no_grad():
         image_emb = model.encode_images(dm.images)
-    _, text_emb = embed_gallery(model, {"image": dm.images[:1], "tokens": dm.tokens})
-    ours = retrieval(image_emb, text_emb, queries, dm.caption_of)
+    _, text_emb = embed_gallery(model, dm.images[:1], dm.tokens)
+    ours = retrieval(image_emb, text_emb, queries, dm.gallery().truth)
     for key in ("i2t_R@1", "t2i_R@1", "i2t_mean_rank", "t2i_mean_rank"):
         assert ours[key] == pytest.approx(metrics[f"val/{key}"], abs=1e-6), key
     hard = hard_negatives(model, dm, image_emb, text_emb, queries)

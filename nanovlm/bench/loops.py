@@ -85,22 +85,19 @@ def plain_validate(model: torch.nn.Module, world) -> dict[str, float]:
     with hard negatives the share of val images whose caption outscores each kind of negative (as DualEncoder)."""
     model.eval()
     gallery = world.gallery()
-    images = torch.cat(
-        [model.image_encoder(gallery["image"][i : i + 2048]) for i in range(0, len(gallery["image"]), 2048)]
-    )
-    texts = model.text_encoder(gallery["tokens"])  # [C, D]
-    caption_of = gallery["caption"]  # [N]
-    index = world.val_idx
-    caption = caption_of[index]  # [V] each val image's caption
-    i2t = top1(images[index] @ texts.T, torch.nn.functional.one_hot(caption, len(texts)).bool())
-    queries = caption.unique()  # a caption shown by several val images is one text query
-    t2i = top1(texts[queries] @ images.T, caption_of[None, :] == queries[:, None])
+    images = torch.cat([model.image_encoder(gallery.images[i : i + 2048]) for i in range(0, len(gallery.images), 2048)])
+    texts = model.text_encoder(gallery.tokens)  # [C, D]
+    rows = gallery.rows(world.val_idx)  # [V] the val images' gallery rows
+    i2t = top1(images[rows] @ texts.T, gallery.truth[rows])
+    queries = gallery.captions_of(rows)  # a caption shown by several val images is one text query
+    t2i = top1(texts[queries] @ images.T, gallery.truth[:, queries].T)
     result = {"val/i2t_R@1": float(i2t), "val/t2i_R@1": float(t2i), "val/R@1": float((i2t + t2i) / 2)}
     if world.negative_kinds:
+        caption = world.caption_of[world.val_idx]  # [V] each val image's caption
         negatives, valid = (world.caption_extras[k][caption] for k in ("negatives", "negative_valid"))  # [V, K, ...]
         negative_emb = model.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [V, K, D]
-        true_scores = (images[index] * texts[caption]).sum(-1)  # [V]
-        wins = beats(true_scores[:, None], (images[index][:, None] * negative_emb).sum(-1))  # [V, K], ties fail
+        true_scores = (images[rows] * texts[gallery.columns(caption)]).sum(-1)  # [V]
+        wins = beats(true_scores[:, None], (images[rows][:, None] * negative_emb).sum(-1))  # [V, K], ties fail
         for k, kind in enumerate(world.negative_kinds):
             result[f"val/hn_{kind}"] = float(wins[valid[:, k], k].float().mean())
     model.train()
@@ -128,7 +125,7 @@ def plain_run(cfg: DictConfig, stop_at: float | None = None) -> dict[str, object
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     world = instantiate(cfg.data)  # same order of RNG draws as training.build()
-    model = build_model(cfg)
+    model = build_model(cfg, world.tokenizer)
     # The same parameter groups train() builds; the schedule is built here, over the steps this loop takes.
     make_scheduler, model.scheduler_factory = model.scheduler_factory, None
     optimizer = model.configure_optimizers()

@@ -110,7 +110,8 @@ def build_world() -> dict[str, torch.Tensor | list[str] | list[Scene]]:
 
 
 class ScenesDataModule(WorldDataModule):
-    """The two-object world, split four ways (all splits are of images; the gallery is the whole world unless data.gallery=val):
+    """The two-object world, split four ways (all splits are of images; the gallery is the whole world unless
+    data.gallery=val):
 
     - `random`: a seeded `val_fraction` of the 12,636 images;
     - `placement`: per relation, a seeded round(9 x val_fraction) of its 9 cell pairs are val: those two cells

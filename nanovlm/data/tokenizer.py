@@ -53,8 +53,11 @@ def register_tokenizer(kind: str, from_state: Callable[[dict[str, Any]], TextTok
 def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
     """The tokenizer a `state()` describes (what a checkpoint holds under "tokenizer")."""
     kind = state.get("kind")
-    if kind not in _REGISTRY and kind != Tokenizer.kind:
-        import nanovlm.data.subword  # noqa: F401  (registers the subword kinds; imports `tokenizers` only then)
+    if kind not in _REGISTRY:
+        import importlib.util
+
+        if importlib.util.find_spec("nanovlm.data.subword") is not None:  # registers the subword kinds, only now
+            importlib.import_module("nanovlm.data.subword")
     if kind not in _REGISTRY:
         raise ValueError(f"tokenizer kind {kind!r} is not one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind](state)

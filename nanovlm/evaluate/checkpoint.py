@@ -23,8 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from nanovlm.data.datamodule import WorldDataModule
-from nanovlm.data.shapes import IMAGE_SIZE
+from nanovlm.data.datamodule import Gallery, WorldDataModule
 from nanovlm.evaluate.metrics import hard_negative_accuracy
 from nanovlm.evaluate.plots import embed_gallery
 from nanovlm.evaluate.retrieval import hard_negatives, retrieval, retrieval_from_scores
@@ -49,7 +48,8 @@ class EvalConfig:
 
 
 def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
-    """The model a training checkpoint describes, with its weights, and the config it was trained with."""
+    """The model a training checkpoint describes, with its weights and the tokenizer it read its texts with
+    (`model.tokenizer`), and the config it was trained with."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"ckpt: no checkpoint file at {str(path)!r}")
@@ -59,7 +59,7 @@ def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
         raise ValueError(f"ckpt: {str(path)!r} has no 'nanovlm' config entry; was it written by nanovlm's train.py?")
     from nanovlm.run.training import build_model
 
-    model = build_model(OmegaConf.create(config))
+    model = build_model(OmegaConf.create(config), checkpoints.saved_tokenizer(checkpoint))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -70,7 +70,7 @@ def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
 
 
 def load_image(spec: str, datamodule: WorldDataModule) -> tuple[torch.Tensor, str]:
-    """`image=` as a gallery image index or a 32x32 image file -> ([3, 32, 32] in [0, 1], description)."""
+    """`image=` as an image index or an image file of data.image_size pixels -> ([3, S, S] in [0, 1], description)."""
     n = len(datamodule.images)
     if re.fullmatch(r"\d+", spec):
         index = int(spec)
@@ -82,12 +82,42 @@ def load_image(spec: str, datamodule: WorldDataModule) -> tuple[torch.Tensor, st
     if not path.is_file():
         raise ValueError(f"image: neither a gallery index (0..{n - 1}) nor an existing file: {spec!r}")
     picture = Image.open(path).convert("RGB")
-    if picture.size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(
-            f"image: the file must be {IMAGE_SIZE}x{IMAGE_SIZE} pixels, got {picture.size[0]}x{picture.size[1]}"
-        )
-    pixels = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8).view(IMAGE_SIZE, IMAGE_SIZE, 3)
+    size = datamodule.image_size
+    if picture.size != (size, size):
+        raise ValueError(f"image: the file must be {size}x{size} pixels, got {picture.size[0]}x{picture.size[1]}")
+    pixels = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8).view(size, size, 3)
     return pixels.permute(2, 0, 1).float().div(255), f"file {spec}"  # [3, H, W]
+
+
+def split_rows(datamodule: WorldDataModule, gallery: Gallery) -> dict[str, torch.Tensor]:
+    """{split: gallery rows of its images}: train, val and all for a whole-world gallery; val alone for a val one."""
+    image_index = gallery.image_index.cpu()
+    rows = {}
+    for split, idx in (("train", datamodule.train_idx), ("val", datamodule.val_idx)):
+        found = torch.nonzero(torch.isin(image_index, idx.cpu())).flatten()
+        if len(found):
+            rows[split] = found
+    rows["all"] = torch.arange(len(image_index))
+    return rows
+
+
+def gallery_texts(datamodule: WorldDataModule, gallery: Gallery) -> list[str]:
+    """The caption text of each gallery column."""
+    return [datamodule.captions[int(c)] for c in gallery.caption_index.tolist()]
+
+
+def world_embeddings(
+    model: DualEncoder, datamodule: WorldDataModule, gallery: Gallery, image_emb: torch.Tensor, text_emb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image [N, D], text [C, D]) embeddings of every image and caption of the dataset, on the CPU: the gallery's
+    when it is the whole dataset; encoded otherwise, and only when something needs them (zero-shot, hard negatives)."""
+    if len(gallery.image_index) == len(datamodule.images) and len(gallery.caption_index) == len(datamodule.tokens):
+        return image_emb, text_emb
+    if not datamodule.attributes() and not datamodule.negative_kinds:
+        return image_emb[:0], text_emb[:0]
+    with torch.no_grad():
+        images = model.encode_images(datamodule.images).float().cpu()
+    return images, embed_gallery(model, datamodule.images[:1], datamodule.tokens)[1]
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
@@ -106,8 +136,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     model, train_cfg = load_model(cfg.ckpt)
     out_dir = Path(cfg.out) if cfg.out else Path(cfg.ckpt).resolve().parent.parent / "eval"
     datamodule: WorldDataModule = instantiate(train_cfg["data"])
+    if model.tokenizer.state() != datamodule.tokenizer.state():
+        raise ValueError(f"ckpt: {cfg.ckpt!r} was trained with another tokenizer than its data gives now")
     if cfg.query is not None:  # fail before the work, not after it
-        datamodule.tokenizer().encode(cfg.query)
+        datamodule.tokenizer.encode(cfg.query)
     image = load_image(cfg.image, datamodule) if cfg.image is not None else None
     if model.text_encoder is None:  # loss=cap: no embeddings to compare; it is evaluated by what it writes and scores
         results = evaluate_captioner(model, datamodule, image, cfg.top_k)
@@ -115,49 +147,60 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         (out_dir / "metrics.json").write_text(json.dumps({"ckpt": str(cfg.ckpt), **results}, indent=2))
         print(f"written     {out_dir}/")
         return results
-    _, triples, table = world_attributes(datamodule)
-    caption_of = datamodule.caption_of
     gallery = datamodule.gallery()
     with torch.no_grad():
-        image_emb = model.encode_images(gallery["image"]).float().cpu()
-    _, text_emb = embed_gallery(model, {"image": gallery["image"][:1], "tokens": gallery["tokens"]})
-    splits = {"train": datamodule.train_idx, "val": datamodule.val_idx, "all": torch.arange(len(image_emb))}
+        image_emb = model.encode_images(gallery.images).float().cpu()
+    _, text_emb = embed_gallery(model, gallery.images[:1], gallery.tokens)
+    splits = split_rows(datamodule, gallery)
     names = {s: f"{s} ({len(idx)})" for s, idx in splits.items()}
     results: dict[str, Any] = {"ckpt": str(cfg.ckpt), "split": train_cfg["data"].get("split", "random")}
-    results["retrieval"] = {s: retrieval(image_emb, text_emb, idx, caption_of) for s, idx in splits.items()}
-    zs = {s: zero_shot(image_emb, text_emb, triples, splits[s], caption_of, table) for s in ("val", "all")}
-    results["zero_shot"] = {s: {a: r["accuracy"] for a, r in zs[s].items()} for s in zs}
+    results["retrieval"] = {s: retrieval(image_emb, text_emb, idx, gallery.truth.cpu()) for s, idx in splits.items()}
+    # Zero-shot, hard negatives and the pictures are about the world's own captions and images: all of them, whatever
+    # the gallery (the same tensors when the gallery is the whole world). A world without them skips them.
+    world = world_embeddings(model, datamodule, gallery, image_emb, text_emb)
+    _, triples, table = world_attributes(datamodule)
+    zs: dict[str, Any] = {}
+    if table:
+        world_splits = {"val": datamodule.val_idx.cpu(), "all": torch.arange(len(world[0]))}
+        zs = {s: zero_shot(*world, triples, i, datamodule.caption_of.cpu(), table) for s, i in world_splits.items()}
+        results["zero_shot"] = {s: {a: r["accuracy"] for a, r in zs[s].items()} for s in zs}
+    else:
+        print("zero-shot   skipped: this dataset names no attributes of its captions")
     if datamodule.negative_kinds:
         results["hard_negatives"] = {
-            s: hard_negatives(model, datamodule, image_emb, text_emb, splits[s]) for s in ("val", "all")
+            s: hard_negatives(model, datamodule, *world, idx) for s, idx in world_splits.items()
         }
 
     gallery_words = f"all {len(image_emb)} images / {len(text_emb)} captions"
     if len(image_emb) == len(text_emb):
         gallery_words = f"all {len(image_emb)}"
-    print(f"checkpoint  {cfg.ckpt}  (data.split={results['split']}; queries ranked against {gallery_words})")
+    scope = "the whole world" if datamodule.gallery_choice == "world" else "the val split"
+    print(f"checkpoint  {cfg.ckpt}  (data.split={results['split']}; queries ranked against {gallery_words}: {scope})")
     print(_table({names[s]: m for s, m in results["retrieval"].items()}))
-    for s, acc in results["zero_shot"].items():
-        print(f"zero-shot {names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
+    world_names = {"val": f"val ({len(datamodule.val_idx)})", "all": f"all ({len(datamodule.images)})"}
+    for s, acc in results.get("zero_shot", {}).items():
+        print(f"zero-shot {world_names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
     for s, acc in results.get("hard_negatives", {}).items():
-        print(f"hard neg. {names[s]:10}" + "".join(f"  {kind} {v:.3f}" for kind, v in acc.items()))
+        print(f"hard neg. {world_names[s]:10}" + "".join(f"  {kind} {v:.3f}" for kind, v in acc.items()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.plots:
+    if cfg.plots and table:
         from nanovlm.evaluate import plots
 
         first_image, _, _ = world_attributes(datamodule)
-        pairs = (image_emb[first_image], text_emb)  # one image per caption
+        pairs = (world[0][first_image], world[1])  # one image per caption
         pictures = plots.draw_embedding_pictures(out_dir, pairs, datamodule.captions, triples, table=table)
         for attribute, r in zs["all"].items():
-            title = f"zero-shot {attribute}, all {len(image_emb)} images: accuracy {r['accuracy']:.3f}"
+            title = f"zero-shot {attribute}, all {len(world[0])} images: accuracy {r['accuracy']:.3f}"
             path = out_dir / f"zero_shot_{attribute.replace(' ', '_')}.png"
             pictures[f"zero_shot_{attribute}"] = plots.confusion_matrix(path, r["confusion"], table[attribute], title)
         results["pictures"] = {k: str(v) for k, v in pictures.items()}
+    elif cfg.plots:
+        print("pictures    skipped: they colour by caption attributes, which this dataset does not name")
     if cfg.query is not None:
-        results["query"] = query_images(model, cfg.query, cfg.top_k, datamodule, image_emb, out_dir)
+        results["query"] = query_images(model, cfg.query, cfg.top_k, datamodule, gallery, image_emb, out_dir)
     if image is not None:
-        results["image"] = image_captions(model, image, cfg.top_k, datamodule.captions, text_emb)
+        results["image"] = image_captions(model, image, cfg.top_k, gallery_texts(datamodule, gallery), text_emb)
     if isinstance(model, Captioner):  # loss=coca: also the captions it writes
         results.update(evaluate_captioner(model, datamodule, image, cfg.top_k, scores=False))
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -167,13 +210,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 @torch.no_grad()
 def query_images(
-    model: DualEncoder, text: str, k: int, datamodule: WorldDataModule, image_emb: torch.Tensor, out_dir: Path
+    model: DualEncoder,
+    text: str,
+    k: int,
+    datamodule: WorldDataModule,
+    gallery: Gallery,
+    image_emb: torch.Tensor,
+    out_dir: Path,
 ) -> dict[str, Any]:
     """The top-k gallery images for a caption, printed and drawn as a PNG grid with their scores."""
-    tokens = datamodule.tokenizer().encode(text)[None]  # [1, L]; unknown words raise a ValueError naming them
+    tokens = datamodule.tokenizer.encode(text)[None]  # [1, L]; unknown words raise a ValueError naming them
     scores = (model.text_encoder(tokens) @ image_emb.T)[0]  # [N]
     top = scores.topk(min(k, len(scores)))
-    captions = [datamodule.captions[int(datamodule.caption_of[i])] for i in top.indices.tolist()]
+    texts = gallery_texts(datamodule, gallery)
+    captions = [texts[int(gallery.truth[i].float().argmax())] for i in top.indices.tolist()]
     print(f"query       {text!r} -> top {len(captions)} images")
     for rank, (c, s) in enumerate(zip(captions, top.values.tolist(), strict=True), 1):
         print(f"  {rank:2d}. {s:+.3f}  {c}")
@@ -181,7 +231,7 @@ def query_images(
 
     path = out_dir / f"query_{re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')}.png"
     titles = [f"{c}\n{s:+.3f}" for c, s in zip(captions, top.values.tolist(), strict=True)]
-    image_grid(path, datamodule.images[top.indices], titles, f"query: {text!r}")
+    image_grid(path, gallery.images[top.indices], titles, f"query: {text!r}")
     print(f"  grid: {path}")
     return {"captions": captions, "scores": top.values.tolist(), "png": str(path)}
 
@@ -210,21 +260,21 @@ def evaluate_captioner(
     and for `image=` the caption it writes and its top-k captions by that score. `scores=False` (loss=coca, whose
     cosine numbers the contrastive report already gives) leaves out retrieval, hard negatives and the top-k."""
     gallery = datamodule.gallery()
-    images, captions = model.read_images(gallery["image"]), model.read_captions(gallery["tokens"])
-    splits = {"train": datamodule.train_idx, "val": datamodule.val_idx, "all": torch.arange(len(images.emb))}
+    images, captions = model.read_images(gallery.images), model.read_captions(gallery.tokens)
+    splits = split_rows(datamodule, gallery)
     names = {s: f"{s} ({len(idx)})" for s, idx in splits.items()}
-    written = model.write(images.memory, gallery["tokens"])  # [N, L] one caption per image
-    caption_of = datamodule.caption_of
+    written = model.write(images.memory, gallery.tokens)  # [N, L] one caption per image
+    first_caption = gallery.truth.float().argmax(dim=1)  # [N] the column of each image's (first) caption
     results: dict[str, Any] = {"captions": {}}
-    for split, index in splits.items():
+    for split, rows in splits.items():
         metric = model.caption_metric()
-        metric.update(written[index], gallery["tokens"][caption_of[index]], index)
+        metric.update(written[rows], gallery.tokens[first_caption[rows]], gallery.image_index[rows])
         results["captions"][split] = {name: float(v) for name, v in metric.compute().items()}
         print(f"captions  {names[split]:10}" + "".join(f"  {a} {v:.3f}" for a, v in results["captions"][split].items()))
-    passes = likelihood_passes(len(images.emb), gallery["tokens"])
+    passes = likelihood_passes(len(images.emb), gallery.tokens)
     if scores and passes <= MAX_LIKELIHOOD_PAIRS:
         matrix = model.score_matrix(images, captions)  # [N, C]
-        results["retrieval"] = {s: retrieval_from_scores(matrix, idx, caption_of) for s, idx in splits.items()}
+        results["retrieval"] = {s: retrieval_from_scores(matrix, idx, gallery.truth) for s, idx in splits.items()}
         print(f"retrieval by {model.loss.score}, queries ranked against the whole gallery")
         print(_table({names[s]: m for s, m in results["retrieval"].items()}))
     elif scores:
@@ -232,12 +282,12 @@ def evaluate_captioner(
     if scores and datamodule.negative_kinds:
         results["hard_negatives"] = {}
         for split in ("val", "all"):
-            index = splits[split]
-            caption = caption_of[index]
+            rows = splits[split]
+            caption = datamodule.caption_of[gallery.image_index[rows]]  # [Q] each image's caption id
             negatives = datamodule.caption_extras["negatives"][caption]  # [Q, K, L]
             accuracy = hard_negative_accuracy(
-                model.pair_scores(images.take(index), captions.take(caption)),
-                model.negative_scores(images.take(index), negatives),
+                model.pair_scores(images.take(rows), captions.take(gallery.columns(caption))),
+                model.negative_scores(images.take(rows), negatives),
                 datamodule.caption_extras["negative_valid"][caption],
             )
             results["hard_negatives"][split] = dict(zip(datamodule.negative_kinds, map(float, accuracy), strict=True))
@@ -248,13 +298,14 @@ def evaluate_captioner(
     if image is not None:
         picture, description = image
         one = model.read_images(picture[None])
-        generated = datamodule.tokenizer().decode(model.write(one.memory, gallery["tokens"])[0])
+        generated = datamodule.tokenizer.decode(model.write(one.memory, gallery.tokens)[0])
         print(f"image       {description} -> generated caption: {generated!r}")
         results["image"] = {"generated": generated}
         if scores:
             candidates = model.score_matrix(one, captions)[0]  # [C]
             top = candidates.topk(min(k, len(candidates)))
-            found = [datamodule.captions[i] for i in top.indices.tolist()]
+            texts = gallery_texts(datamodule, gallery)
+            found = [texts[i] for i in top.indices.tolist()]
             print(f"image       {description} -> top {len(found)} captions by {model.loss.score}")
             for rank, (c, s) in enumerate(zip(found, top.values.tolist(), strict=True), 1):
                 print(f"  {rank:2d}. {s:+.3f}  {c}")

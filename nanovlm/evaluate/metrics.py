@@ -96,9 +96,10 @@ def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CaptionAccuracy(Metric):
-    """Generated captions against the true ones: the share exactly right, and per slot the share whose word in
-    that slot is right (slot s is token s + 1, after [CLS]), over captions seen since reset. Like
-    RetrievalRecall, a caption id seen twice across processes is counted once."""
+    """Generated captions against the true ones: the share exactly right (every position, padding included, so
+    a caption that ends early or late is wrong), and for a closed world's captions per slot the share whose word
+    in that slot is right (slot s is token s + 1, after [CLS]); free-form captions have no slots. Over captions
+    seen since reset; like RetrievalRecall, a caption id seen twice across processes is counted once."""
 
     full_state_update = False
     higher_is_better = True
@@ -111,7 +112,8 @@ class CaptionAccuracy(Metric):
 
     def update(self, generated: torch.Tensor, targets: torch.Tensor, ids: torch.Tensor) -> None:
         """generated, targets [Q, T] token ids with [CLS] first; ids [Q]."""
-        if generated.shape != targets.shape or targets.shape[1] - 1 != len(self.slot_names):
+        slots_fit = not self.slot_names or targets.shape[1] - 1 == len(self.slot_names)
+        if generated.shape != targets.shape or not slots_fit:
             raise ValueError(f"captions {tuple(generated.shape)} vs {tuple(targets.shape)} for slots {self.slot_names}")
         self.correct.append(generated[:, 1:] == targets[:, 1:])  # [Q, S]
         self.ids.append(ids)

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from nanovlm.data.shapes import ATTRIBUTE_VALUES, COLOURS
 from nanovlm.evaluate.zero_shot import AttributeValues, world_attributes
@@ -232,18 +233,20 @@ def draw_embedding_pictures(
     return paths
 
 
-def picture_pairs(datamodule: Any) -> dict[str, torch.Tensor]:
-    """{"image": one image per caption, "tokens": every caption}, aligned (see world_attributes)."""
+def picture_pairs(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one image per caption, every caption's tokens), aligned (see world_attributes)."""
     first_image, _, _ = world_attributes(datamodule)
-    return {"image": datamodule.images[first_image.to(datamodule.images.device)], "tokens": datamodule.tokens}
+    return datamodule.images[first_image.to(datamodule.images.device)], datamodule.tokens
 
 
 @torch.no_grad()
-def embed_gallery(model: L.LightningModule, gallery: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image, text) embeddings [N, D] of every gallery item, in eval mode, on the CPU."""
+def embed_gallery(
+    model: L.LightningModule, images: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image [N, D], text [C, D]) embeddings of `images` and `tokens`, in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
-    image_emb, text_emb = model(gallery["image"].to(model.device), gallery["tokens"].to(model.device))
+    image_emb, text_emb = model(images.to(model.device), tokens.to(model.device))
     model.train(was_training)
     return image_emb.float().cpu(), text_emb.float().cpu()
 
@@ -264,11 +267,11 @@ class EmbeddingPlots(L.Callback):
         self.paths: dict[str, Path] = {}
 
     def _draw(self, trainer: L.Trainer, model: L.LightningModule, subdir: str = "") -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or self.before is None:
             return
         datamodule = trainer.datamodule
         _, triples, table = world_attributes(datamodule)
-        after = embed_gallery(model, picture_pairs(datamodule))
+        after = embed_gallery(model, *picture_pairs(datamodule))
         directory = Path(trainer.default_root_dir) / self.dirname / subdir
         self.paths = draw_embedding_pictures(directory, after, datamodule.captions, triples, self.before, table)
         logger = trainer.logger
@@ -277,7 +280,10 @@ class EmbeddingPlots(L.Callback):
                 logger.log_image(key=f"plots/{name}", images=[str(path)], step=trainer.global_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.before = embed_gallery(pl_module, picture_pairs(trainer.datamodule))
+        if not trainer.datamodule.attributes():  # the pictures colour every point by a caption attribute
+            rank_zero_info("plots: skipped, this dataset names no caption attributes to colour the embeddings by")
+            return
+        self.before = embed_gallery(pl_module, *picture_pairs(trainer.datamodule))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

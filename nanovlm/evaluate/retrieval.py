@@ -18,31 +18,31 @@ if TYPE_CHECKING:
 
 
 def retrieval(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, queries: torch.Tensor, caption_of: torch.Tensor | None = None
+    image_emb: torch.Tensor, text_emb: torch.Tensor, queries: torch.Tensor, truth: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """recall@1/5/10 and mean/median rank of `queries` (image indices) against the whole gallery, both ways.
+    """recall@1/5/10 and mean/median rank of `queries` (gallery rows of images) against the whole gallery, both ways.
 
-    image_emb [N, D] every image, text_emb [C, D] every distinct caption, caption_of [N] each image's caption
-    (None: image i shows caption i). image->text: each query image's one true caption among all C.
-    text->image: each distinct caption of the query images, once, against all N images, every image showing it
-    true. The same RetrievalRecall and scoring as DualEncoder's validation, so the numbers agree with training.
+    image_emb [N, D] every gallery image, text_emb [C, D] every gallery caption, truth [N, C] which belong together
+    (`Gallery.truth`; None: image i shows caption i). image->text: each query image against all C captions, every
+    caption it shows true. text->image: each caption the query images show, once, against all N images, every image
+    showing it true. The same RetrievalRecall and targets as the tasks' validation, so the numbers agree with
+    training.
     """
-    return retrieval_from_scores(image_emb @ text_emb.T, queries, caption_of)
+    return retrieval_from_scores(image_emb @ text_emb.T, queries, truth)
 
 
 def retrieval_from_scores(
-    scores: torch.Tensor, queries: torch.Tensor, caption_of: torch.Tensor | None = None
+    scores: torch.Tensor, queries: torch.Tensor, truth: torch.Tensor | None = None
 ) -> dict[str, float]:
     """`retrieval` from the score matrix [N images, C captions], whatever scored it: a dual encoder's cosine, a
     captioner's log-likelihood (`Captioner.score_matrix`)."""
-    caption_of = torch.arange(len(scores)) if caption_of is None else caption_of
-    captions = caption_of[queries]
+    if truth is None:
+        truth = torch.eye(*scores.shape, dtype=torch.bool)
     out: dict[str, float] = {}
     i2t, t2i = RetrievalRecall(), RetrievalRecall()
-    i2t.update(scores[queries], captions, queries)  # [Q, C]
-    captions = captions.unique()  # a caption asked by several query images is one text query
-    shows = caption_of[None, :] == captions[:, None]  # [C_q, N]
-    t2i.update(scores.T[captions], shows, captions)
+    i2t.update(scores[queries], truth[queries], queries)  # [Q, C]
+    asked = torch.nonzero(truth[queries].any(dim=0)).flatten()  # a caption asked by several query images: once
+    t2i.update(scores.T[asked], truth[:, asked].T, asked)
     for direction, metric in (("i2t", i2t), ("t2i", t2i)):
         out.update({f"{direction}_{k}": float(v) for k, v in metric.compute().items()})
     return out

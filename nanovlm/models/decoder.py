@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from nanovlm.data.shapes import SEQ_LEN
+from nanovlm.data.tokenizer import padding_mask
 from nanovlm.models.transformer import check_transformer_sizes, decoder_blocks
 
 
@@ -37,8 +38,10 @@ class TextDecoder(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         max_len: int = SEQ_LEN,  # positions: the seed world's caption length; Captioner.from_config passes the world's
+        pad_id: int | None = None,
     ) -> None:
         super().__init__()
+        self.pad_id = pad_id  # padded targets add nothing to a caption's loss or likelihood
         check_transformer_sizes("loss", width, depth, heads, mlp_ratio, dropout)
         self.embed = nn.Embedding(vocab_size, width)
         nn.init.normal_(self.embed.weight, std=0.02)  # GPT-2's init, as in AttentionTextEncoder
@@ -57,7 +60,10 @@ class TextDecoder(nn.Module):
         return self.memory_norm(torch.cat([summary, self.token_proj(image_tokens)], dim=1) + self.memory_pos)
 
     def forward(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [B, T, V] for tokens [B, T]; position t sees tokens 0..t and the whole memory."""
+        """Next-token logits [B, T, V] for tokens [B, T]; position t sees tokens 0..t and the whole memory.
+
+        Texts are right-padded, so causality alone keeps every real position from seeing padding: no key padding
+        mask is needed, and a padded position's own logits are never scored (`target_mask`)."""
         length = tokens.shape[1]
         if length > self.pos_embed.shape[1]:
             raise ValueError(f"captions of {length} tokens exceed the decoder's max_len ({self.pos_embed.shape[1]})")
@@ -67,10 +73,22 @@ class TextDecoder(nn.Module):
         return self.head(self.norm(x))  # [B, T, V]
 
 
+def target_mask(decoder: TextDecoder, targets: torch.Tensor) -> torch.Tensor | None:
+    """[..., T-1] bool: the targets that are real tokens (EOS included: ending is part of a caption); None when
+    the decoder has no padding id."""
+    return padding_mask(targets, decoder.pad_id)
+
+
+def _sum_real(token_log_probs: torch.Tensor, targets: torch.Tensor, decoder: TextDecoder) -> torch.Tensor:
+    mask = target_mask(decoder, targets)
+    return (token_log_probs if mask is None else token_log_probs * mask).sum(dim=-1)
+
+
 def log_likelihood(decoder: TextDecoder, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(caption | image) [B]: the sum over the words after [CLS] of each word's log-probability."""
+    """log p(caption | image) [B]: the sum over the tokens after [CLS] (up to EOS, padding left out) of each
+    token's log-probability."""
     log_probs = decoder(tokens[:, :-1], memory).log_softmax(dim=-1)  # [B, T-1, V]
-    return log_probs.gather(2, tokens[:, 1:, None]).squeeze(2).sum(dim=1)  # [B]
+    return _sum_real(log_probs.gather(2, tokens[:, 1:, None]).squeeze(2), tokens[:, 1:], decoder)  # [B]
 
 
 def pair_log_likelihoods(
@@ -94,7 +112,8 @@ def pair_log_likelihoods(
         log_probs = decoder(pair_inputs, pair_memory).log_softmax(dim=-1)  # [i*U, T-1, V]
         log_probs = log_probs.view(len(chunk), len(inputs), *log_probs.shape[1:])[:, caption_input]  # [i, C, T-1, V]
         index = targets[None, :, :, None].expand(len(chunk), -1, -1, 1)  # [i, C, T-1, 1]
-        rows.append(log_probs.gather(3, index).squeeze(3).sum(dim=2))  # [i, C]
+        token_log_probs = log_probs.gather(3, index).squeeze(3)  # [i, C, T-1]
+        rows.append(_sum_real(token_log_probs, targets[None].expand(len(chunk), -1, -1), decoder))  # [i, C]
     return torch.cat(rows)  # [I, C]
 
 

@@ -1,4 +1,5 @@
-"""Image encoders: images [B, 3, 32, 32] in [0, 1] -> unit vectors [B, D].
+"""Image encoders: images [B, 3, S, S] in [0, 1] -> unit vectors [B, D]; S is `image_size` (data.image_size, 32 for
+the synthetic worlds).
 
 Both also expose their token grid through `encode_with_tokens(images) -> (embedding [B, D], tokens [B, N, C])`,
 for objectives that need more than the pooled embedding (a captioner's decoder attends to the tokens). The
@@ -18,16 +19,19 @@ from nanovlm.models.transformer import check_transformer_sizes, transformer_bloc
 
 class CNNEncoder(nn.Module):
     """Five stride-2 3x3 convs take 32x32 down to 1x1 (32->16->8->4->2->1); the last conv has D
-    channels, so flattening gives the embedding directly, then LayerNorm and L2.
+    channels, then a global average (the identity at 32 px, where the map is already 1x1), LayerNorm and L2.
+    Larger images keep the same convs: 64 px ends on a 2x2 map, 224 px on 7x7, averaged to one vector.
 
-    Its tokens are the 16 cells of the 4x4 feature map (after the third conv and its GELU): the last map on
-    which the 3x3 grid of positions is still spatially resolved. The 2x2 map would merge neighbouring cells.
+    Its tokens are the cells of the map after the third conv and its GELU (4x4 = 16 at 32 px, ceil(S/8)^2 in
+    general): the last map on which the 3x3 grid of positions is still spatially resolved at 32 px.
     """
 
     TOKEN_CONVS_FROM_END = 2  # the tokens are read before the last two convs (4x4 -> 2x2 -> 1x1)
 
-    def __init__(self, embed_dim: int, channels: tuple[int, ...] = (32, 64, 128, 128)) -> None:
+    def __init__(self, embed_dim: int, channels: tuple[int, ...] = (32, 64, 128, 128), image_size: int = 32) -> None:
         super().__init__()
+        if image_size < 1:
+            raise ValueError(f"data.image_size must be >= 1, got {image_size}")
         widths = [3, *channels, embed_dim]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
@@ -40,18 +44,21 @@ class CNNEncoder(nn.Module):
         # Each of the last two convs is one layer plus (except the last) one GELU: 3 layers from the end.
         self.token_layers = len(layers) - (2 * self.TOKEN_CONVS_FROM_END - 1)
         self.token_dim = widths[-1 - self.TOKEN_CONVS_FROM_END]
-        self.num_tokens = (32 >> (len(widths) - 1 - self.TOKEN_CONVS_FROM_END)) ** 2  # 32 / 2^3 = 4 -> 16 cells
+        side = image_size
+        for _ in range(len(widths) - 1 - self.TOKEN_CONVS_FROM_END):  # a stride-2, padding-1 conv: ceil(side / 2)
+            side = (side + 1) // 2
+        self.num_tokens = side**2  # 32 px: 4x4 = 16 cells
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.convs(images * 2 - 1)  # [B, D, 1, 1]; inputs centred on 0
-        return F.normalize(self.norm(x.flatten(1)), dim=-1)  # [B, D]
+        x = self.convs(images * 2 - 1)  # [B, D, s, s]; inputs centred on 0; s = 1 at 32 px
+        return F.normalize(self.norm(x.mean(dim=(2, 3))), dim=-1)  # [B, D]
 
     def encode_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding [B, D], tokens [B, 16, C]): the same convs as `forward`, with the 4x4 map read on the way."""
-        x = self.convs[: self.token_layers](images * 2 - 1)  # [B, C, 4, 4]
-        tokens = x.flatten(2).transpose(1, 2)  # [B, 16, C], cells in row-major order
-        x = self.convs[self.token_layers :](x)  # [B, D, 1, 1]
-        return F.normalize(self.norm(x.flatten(1)), dim=-1), tokens
+        """(embedding [B, D], tokens [B, N, C]): the same convs as `forward`, with the token map read on the way."""
+        x = self.convs[: self.token_layers](images * 2 - 1)  # [B, C, 4, 4] at 32 px
+        tokens = x.flatten(2).transpose(1, 2)  # [B, N, C], cells in row-major order
+        x = self.convs[self.token_layers :](x)  # [B, D, 1, 1] at 32 px
+        return F.normalize(self.norm(x.mean(dim=(2, 3))), dim=-1), tokens
 
 
 class ViTEncoder(nn.Module):
@@ -76,7 +83,7 @@ class ViTEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"encoder.patch_size must divide {image_size}, got {patch_size}")
+            raise ValueError(f"encoder.patch_size must divide data.image_size ({image_size}), got {patch_size}")
         check_transformer_sizes("encoder", width, depth, heads, mlp_ratio, dropout)
         self.patch_size = patch_size
         n_patches = (image_size // patch_size) ** 2

@@ -1,4 +1,9 @@
-"""Text encoders: token ids [B, T] ([CLS] first) -> unit vectors [B, D]."""
+"""Text encoders: token ids [B, T] ([CLS] first, right-padded with `pad_id`) -> unit vectors [B, D].
+
+Both honour the padding mask (`tokens != pad_id`): a caption's embedding is the same with any amount of padding
+after it, so a batch padded to its longest caption and a caption encoded alone agree. `pad_id=None` (the closed
+worlds, whose captions all have one length) skips the mask.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanovlm.data.tokenizer import padding_mask
 from nanovlm.models.transformer import check_transformer_sizes, transformer_blocks
 
 
@@ -13,15 +19,21 @@ class MeanPoolTextEncoder(nn.Module):
     """Bag of words: mean of the token embeddings -> linear -> LayerNorm -> L2. Word order is
     ignored, which suits captions whose three slots never share a word."""
 
-    def __init__(self, vocab_size: int, embed_dim: int, width: int = 64) -> None:
+    def __init__(self, vocab_size: int, embed_dim: int, width: int = 64, pad_id: int | None = None) -> None:
         super().__init__()
+        self.pad_id = pad_id
         self.embed = nn.Embedding(vocab_size, width)
         self.proj = nn.Linear(width, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
         self.embed_dim = embed_dim
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens).mean(dim=1)  # [B, T, W] -> [B, W]
+        mask = padding_mask(tokens, self.pad_id)
+        if mask is None:
+            x = self.embed(tokens).mean(dim=1)  # [B, T, W] -> [B, W]
+        else:  # the mean over real tokens only
+            weights = mask.to(self.embed.weight.dtype)[..., None]  # [B, T, 1]
+            x = (self.embed(tokens) * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return F.normalize(self.norm(self.proj(x)), dim=-1)  # [B, D]
 
 
@@ -40,8 +52,10 @@ class AttentionTextEncoder(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         max_len: int = 4,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__()
+        self.pad_id = pad_id
         check_transformer_sizes("text_encoder", width, depth, heads, mlp_ratio, dropout)
         if max_len < 1:
             raise ValueError(f"text_encoder.max_len must be >= 1, got {max_len}")
@@ -62,5 +76,7 @@ class AttentionTextEncoder(nn.Module):
         if length > self.pos_embed.shape[1]:
             raise ValueError(f"captions of {length} tokens exceed text_encoder.max_len ({self.pos_embed.shape[1]})")
         x = self.embed(tokens) + self.pos_embed[:, :length]  # [B, T, W]
-        x = self.norm(self.blocks(x))[:, 0]  # [B, W], the [CLS] output
+        mask = padding_mask(tokens, self.pad_id)
+        ignored = None if mask is None else ~mask  # [B, T]: True = padding no token attends to
+        x = self.norm(self.blocks(x, src_key_padding_mask=ignored))[:, 0]  # [B, W], the [CLS] output
         return F.normalize(self.out_norm(self.proj(x)), dim=-1)  # [B, D]

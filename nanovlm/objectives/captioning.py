@@ -30,7 +30,9 @@ def teacher_forced_loss(
     if parallel is not None:
         inputs = torch.where(parallel[:, None], tokens[:, :1].expand_as(inputs), inputs)
     logits = decoder(inputs, memory)  # [B, T-1, V]
-    return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+    # Padding is not a target: the mean is over real tokens (EOS included), whatever the batch's padded length.
+    ignore = -100 if decoder.pad_id is None else decoder.pad_id
+    return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=ignore)
 
 
 SCORES = ("likelihood", "cosine")
@@ -73,6 +75,7 @@ class CaptionLoss(nn.Module):
         retrieval: bool | str = "auto",
         decoding: str = "greedy",
         max_len: int = SEQ_LEN,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__()
         if retrieval not in RETRIEVAL:
@@ -83,7 +86,7 @@ class CaptionLoss(nn.Module):
             raise ValueError(f"loss.decoding must be one of {', '.join(DECODERS)}, got {decoding!r}")
         self.decode = DECODERS[decoding]
         self.decoder = TextDecoder(
-            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, max_len
+            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, max_len, pad_id
         )
         self.parallel_fraction, self.retrieval = parallel_fraction, retrieval
         self.constrained = constrained
@@ -141,10 +144,11 @@ class CocaLoss(CaptionLoss):
         retrieval: bool | str = "auto",
         decoding: str = "greedy",
         max_len: int = SEQ_LEN,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__(
             vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, constrained,
-            parallel_fraction, retrieval, decoding, max_len,
+            parallel_fraction, retrieval, decoding, max_len, pad_id,
         )  # fmt: skip
         if contrastive_weight < 0 or caption_weight < 0 or contrastive_weight + caption_weight == 0:
             raise ValueError(

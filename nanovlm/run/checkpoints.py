@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
 from nanovlm.run.config import ConfigError, check_value
 from nanovlm.run.moved import upgrade_config
 
@@ -232,8 +233,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class ResumableRun(L.Callback):
     """Per-epoch reseeding and run metadata in every checkpoint (see the module docstring)."""
 
-    def __init__(self, seed: int, config: dict[str, Any], wandb_run_id: str | None) -> None:
-        self.seed, self.config, self.wandb_run_id = seed, config, wandb_run_id
+    def __init__(
+        self, seed: int, config: dict[str, Any], wandb_run_id: str | None, tokenizer: dict[str, Any] | None = None
+    ) -> None:
+        self.seed, self.config, self.wandb_run_id, self.tokenizer = seed, config, wandb_run_id, tokenizer
         self._resumed = False
 
     # The DataLoader draws its shuffle seed from the global torch RNG when its iterator is made: for the first
@@ -252,7 +255,10 @@ class ResumableRun(L.Callback):
         torch.manual_seed(epoch_seed(self.seed, trainer.current_epoch + 1))
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"config": self.config, "wandb_run_id": self.wandb_run_id}
+        meta = {"config": self.config, "wandb_run_id": self.wandb_run_id}
+        if self.tokenizer is not None:  # how its texts were read: evaluation and resume read them the same way
+            meta["tokenizer"] = self.tokenizer
+        checkpoint[CHECKPOINT_KEY] = meta
 
 
 def resolve_ckpt_path(ckpt_path: str) -> Path:
@@ -287,6 +293,25 @@ def saved_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     `moved.upgrade_config` rewrites, so it evaluates and resumes as it did."""
     config = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
     return None if config is None else upgrade_config(config)
+
+
+def saved_tokenizer(checkpoint: dict[str, Any]) -> TextTokenizer | None:
+    """The tokenizer the checkpoint's run read its texts with; None for a checkpoint older than the tokenizer
+    protocol (its world's closed word tokenizer, which `build_model` makes by default)."""
+    state = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer")
+    return None if state is None else tokenizer_from_state(state)
+
+
+def check_tokenizer(checkpoint: dict[str, Any], tokenizer: TextTokenizer, key: str, path: Path) -> None:
+    """Refuse to read texts with another tokenizer than the checkpoint's (a subword vocabulary trained on other
+    captions would give every id another meaning)."""
+    saved = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer")
+    if saved is not None and saved != tokenizer.state():
+        raise ConfigError(
+            f"{key}={path} was trained with another tokenizer than this data gives "
+            f"({saved.get('kind')}, {saved.get('vocab_size', len(saved.get('vocab', [])))} tokens): "
+            "use the data it was trained on"
+        )
 
 
 def check_compatible(checkpoint: dict[str, Any], model: torch.nn.Module, config: dict[str, Any], path: Path) -> None:

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm.data.datamodule import WorldDataModule
+from nanovlm.data.tokenizer import TextTokenizer
 from nanovlm.run import checkpoints, console, preflight, tracking
 from nanovlm.run.callbacks import ParamSummary, StopAtRecall, ValidateLastEpoch
 from nanovlm.run.cli import write_result
@@ -28,25 +29,32 @@ from nanovlm.run.guards import NonFiniteLossGuard, Preempted, Preemption
 from nanovlm.tasks.dual_encoder import DualEncoder, check_hard_negatives
 
 
-def build_model(cfg: DictConfig) -> DualEncoder:
+def build_model(cfg: DictConfig, tokenizer: TextTokenizer | None = None) -> DualEncoder:
     """Instantiate the task that `cfg` describes (also used to rebuild from a checkpoint).
 
-    The text encoder's vocabulary size, and its number of positions where it has a `max_len` the config leaves
-    unset, come from the world (`data._target_`'s class attributes), so every world fits every encoder. The task is
-    `model._target_` (conf/model/: dual_encoder, or captioner, which loss=cap, cappa and coca choose themselves);
-    its `from_config` builds the objective, whose needs depend on the task.
+    The text side is sized by the tokenizer (the datamodule's; a checkpoint's saved one; by default the world's
+    closed word tokenizer, `data._target_`'s class attributes): its vocabulary size, its padding id for encoders
+    that take one, and its number of positions where the config leaves an encoder's `max_len` unset. So every
+    dataset fits every encoder. The task is `model._target_` (conf/model/: dual_encoder, or captioner, which
+    loss=cap, cappa and coca choose themselves); its `from_config` builds the objective, whose needs depend on it.
     """
-    world: type[WorldDataModule] = get_class(cfg.data._target_)
-    text_sizes = {"vocab_size": len(world.vocab)}
-    takes_max_len = "max_len" in inspect.signature(get_class(cfg.text_encoder._target_)).parameters
-    if takes_max_len and cfg.text_encoder.get("max_len") is None:
-        text_sizes["max_len"] = world.seq_len
+    if tokenizer is None:
+        tokenizer = get_class(cfg.data._target_).world_tokenizer()
+    text_class = get_class(cfg.text_encoder._target_)
+    takes = inspect.signature(text_class).parameters
+    text_sizes: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
+    if "max_len" in takes and cfg.text_encoder.get("max_len") is None:
+        text_sizes["max_len"] = tokenizer.max_len
+    if "pad_id" in takes:
+        text_sizes["pad_id"] = tokenizer.pad_id
     image_encoder = instantiate(cfg.encoder)
     text_encoder = instantiate(cfg.text_encoder, **text_sizes)
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task: type[DualEncoder] = get_class(cfg.model._target_)
-    return task.from_config(cfg, world, image_encoder, text_encoder, optimizer, scheduler)
+    model = task.from_config(cfg, tokenizer, image_encoder, text_encoder, optimizer, scheduler)
+    model.tokenizer = tokenizer  # how the model reads text: what evaluation encodes a query with
+    return model
 
 
 # --- Everything that can fail on bad input, before any run dir, W&B run or Trainer exists ------------------------
@@ -64,7 +72,7 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         datamodule: WorldDataModule = instantiate(cfg.data)
-        model = build_model(cfg)
+        model = build_model(cfg, datamodule.tokenizer)
         check_hard_negatives(model.loss, datamodule)  # a ValueError: one ConfigError line below
     except InstantiationException as exc:
         raise _as_config_error(exc) from None
@@ -76,6 +84,7 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any]
         path = checkpoints.resolve_ckpt_path(str(ckpt_path))
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
+        checkpoints.check_tokenizer(checkpoint, datamodule.tokenizer, "ckpt_path", path)
         checkpoint["path"] = str(path)
     return model, datamodule, checkpoint
 
@@ -143,6 +152,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         raise ConfigError("run_dir must be a directory path (train.py sets it to Hydra's output dir)")
     model, datamodule, resume_from = build(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_state = datamodule.tokenizer.state()
+    _write_tokenizer(run_dir, tokenizer_state)  # beside the checkpoints, readable without torch
     console.quiet_libraries()
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
@@ -152,7 +163,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         callbacks = [
             checkpoints.BestCheckpoint(run_dir / "checkpoints", None, every_s=every_s),  # None: the model's monitor
             checkpoints.LastCheckpoint(run_dir / "checkpoints", every_s=every_s),
-            checkpoints.ResumableRun(cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger)),
+            checkpoints.ResumableRun(
+                cfg.seed, OmegaConf.to_container(cfg, resolve=True), tracking.run_id(logger), tokenizer_state
+            ),
             NonFiniteLossGuard(),
             ValidateLastEpoch(),
             preemption := Preemption(run_dir / "checkpoints" / "last.ckpt"),
@@ -206,6 +219,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
 
 
 _write_result = rank_zero_only(write_result)
+
+
+@rank_zero_only
+def _write_tokenizer(run_dir: Path, state: dict[str, Any]) -> None:
+    (run_dir / "tokenizer.json").write_text(json.dumps(state, indent=1))
 
 
 @rank_zero_only

@@ -22,8 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 from torch import nn
 
-from nanovlm.data.datamodule import WorldDataModule
-from nanovlm.data.tokenizer import CLS
+from nanovlm.data.datamodule import Gallery
+from nanovlm.data.tokenizer import TextTokenizer
 from nanovlm.evaluate.metrics import CaptionAccuracy
 from nanovlm.models.decoder import likelihood_passes, log_likelihood, pair_log_likelihoods
 from nanovlm.models.decoding import slot_vocabulary
@@ -78,28 +78,30 @@ class Captioner(DualEncoder):
     def from_config(
         cls,
         cfg: DictConfig,
-        world: type[WorldDataModule],
+        tokenizer: TextTokenizer,
         image_encoder: nn.Module,
         text_encoder: nn.Module,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None,
     ) -> Captioner:
-        """The Captioner `cfg.model` and a captioning `cfg.loss` describe. The decoder is sized by the world's
-        vocabulary and caption length and by the image encoder's token grid, which the yaml cannot know, so they are
-        passed here; loss=cap drops the text encoder."""
+        """The Captioner `cfg.model` and a captioning `cfg.loss` describe. The decoder is sized by the tokenizer's
+        vocabulary, length and padding id and by the image encoder's token grid, which the yaml cannot know, so they
+        are passed here; loss=cap drops the text encoder. A closed world's caption form names the slots the caption
+        metrics report; free-form captions have none (only val/caption_exact)."""
         check_objective(cls, cfg.loss)
         loss: CaptionLoss = instantiate(
             cfg.loss,
-            vocab_size=len(world.vocab),
+            vocab_size=tokenizer.vocab_size,
             token_dim=image_encoder.token_dim,
             num_tokens=image_encoder.num_tokens,
             embed_dim=image_encoder.embed_dim,
-            max_len=world.seq_len,
+            max_len=tokenizer.max_len,
+            pad_id=tokenizer.pad_id,
         )
         text_encoder = text_encoder if loss.uses_text_encoder else None
-        slots, bos_id = slot_names(world.caption_form), world.vocab.index(CLS)
+        slots = slot_names(tokenizer.form) if tokenizer.form else ()
         task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: embed_dim
-        return task(image_encoder, text_encoder, loss, optimizer, scheduler, slots, bos_id)
+        return task(image_encoder, text_encoder, loss, optimizer, scheduler, slots, tokenizer.bos_id, tokenizer.eos_id)
 
     def __init__(
         self,
@@ -110,14 +112,17 @@ class Captioner(DualEncoder):
         scheduler: SchedulerFactory | None = None,
         slots: tuple[str, ...] = ("colour", "shape", "position"),
         bos_id: int = 0,
+        eos_id: int | None = None,
         embed_dim: int | None = None,
     ) -> None:
         if loss.score == "cosine" and text_encoder is None:
             raise ValueError("loss.score=cosine needs a text encoder (loss=coca); loss=cap scores by likelihood")
         super().__init__(image_encoder, text_encoder, loss, optimizer, scheduler, embed_dim)  # type: ignore[arg-type]
-        self.slots, self.bos_id = slots, bos_id
+        self.slots, self.bos_id, self.eos_id = slots, bos_id, eos_id
+        # Keeping each slot to its words needs slots: free-form captions (no caption form) are written unconstrained.
+        self.constrained = loss.constrained and bool(slots)
         self.val_caption = CaptionAccuracy(slots)
-        self._gallery_read: tuple[Images, Captions, torch.Tensor] | None = None
+        self._gallery_read: tuple[Images, Captions, Gallery] | None = None
         self._allowed: torch.Tensor | None = None  # [T, V] words each slot can hold (constrained decoding)
         self.ranks_gallery = loss.retrieval is not False  # loss.retrieval=auto is decided per world in setup()
 
@@ -162,11 +167,18 @@ class Captioner(DualEncoder):
         return self.pair_scores(self.read_images(images), self.read_captions(tokens))
 
     @torch.no_grad()
-    def write(self, memory: torch.Tensor, world_tokens: torch.Tensor) -> torch.Tensor:
-        """Greedy captions [B, T] for the images whose memory is given; with loss.constrained, each slot keeps to
-        the words it holds in `world_tokens` (the world's distinct captions, see `slot_vocabulary`)."""
-        allowed = slot_vocabulary(world_tokens, self.loss.decoder.head.out_features) if self.loss.constrained else None
-        return self.loss.decode(self.loss.decoder, memory, self.bos_id, world_tokens.shape[1], allowed)
+    def write(
+        self, memory: torch.Tensor, world_tokens: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Captions [B, T] for the images whose memory is given (loss.decoding), ending at EOS where the tokenizer
+        has one; with loss.constrained on a closed world, each slot keeps to the words it holds in `world_tokens`
+        (the world's distinct captions, see `slot_vocabulary`; pass `allowed` if already computed)."""
+        if allowed is None and self.constrained:
+            allowed = slot_vocabulary(world_tokens, self.loss.decoder.head.out_features)
+        decoder = self.loss.decoder
+        return self.loss.decode(
+            decoder, memory, self.bos_id, world_tokens.shape[1], allowed, self.eos_id, decoder.pad_id
+        )
 
     def caption_metric(self) -> CaptionAccuracy:
         return CaptionAccuracy(self.slots)
@@ -178,7 +190,7 @@ class Captioner(DualEncoder):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.loss.retrieval == "auto" and self.loss.score == "likelihood" and datamodule is not None:
             gallery = datamodule.gallery()
-            passes = likelihood_passes(len(gallery["image"]), gallery["tokens"])
+            passes = likelihood_passes(len(gallery.images), gallery.tokens)
             self.ranks_gallery = passes <= MAX_LIKELIHOOD_PAIRS
             if not self.ranks_gallery and stage == "fit":
                 rank_zero_info(
@@ -202,32 +214,30 @@ class Captioner(DualEncoder):
 
     def on_validation_epoch_start(self) -> None:
         gallery = self.trainer.datamodule.gallery()
-        images, captions = self.read_images(gallery["image"]), self.read_captions(gallery["tokens"])
-        self._gallery_read = images, captions, gallery["caption"].to(self.device)
-        if self.loss.constrained:
+        images, captions = self.read_images(gallery.images), self.read_captions(gallery.tokens)
+        self._gallery_read = images, captions, gallery
+        if self.constrained:
             self._allowed = slot_vocabulary(captions.tokens, self.loss.decoder.head.out_features)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._gallery_read is not None
-        gallery_images, gallery_captions, caption_of = self._gallery_read
+        gallery_images, gallery_captions, gallery = self._gallery_read
         # Every val image and caption is also in the gallery, already read (same weights, eval mode): index.
-        index = batch["index"]
-        caption = caption_of[index]  # [B] each image's true gallery caption
-        images, captions = gallery_images.take(index), gallery_captions.take(caption)
-        caption_id = caption if self.several_true_pairs else None
+        rows, columns = gallery.rows(batch["index"]), gallery.columns(batch["caption_id"])
+        images, captions = gallery_images.take(rows), gallery_captions.take(columns)
+        caption_id = columns if self.several_true_pairs else None
         loss = self.loss(images.emb, images.memory, captions.tokens, captions.emb, caption_id)
-        self.log("val/loss", loss, batch_size=len(index), sync_dist=True)
-        if self.ranks_gallery:  # the same targets as DualEncoder's: one true caption; every image showing it
-            self.val_i2t.update(self.score_matrix(images, gallery_captions), caption, index)
-            shows_caption = caption_of[None, :] == caption[:, None]  # [B, N]
-            self.val_t2i.update(self.score_matrix(gallery_images, captions).T, shows_caption, caption)
+        self.log("val/loss", loss, batch_size=len(rows), sync_dist=True)
+        if self.ranks_gallery:  # the same queries and targets as DualEncoder's (see its validation_step)
+            self.val_i2t.update(self.score_matrix(images, gallery_captions), gallery.truth[rows], batch["index"])
+            asked = gallery.captions_of(rows)
+            scores = self.score_matrix(gallery_images, gallery_captions.take(asked)).T  # [Q, N]
+            self.val_t2i.update(scores, gallery.truth[:, asked].T, gallery.caption_index[asked])
         if self.val_hn is not None:
             negatives = self.negative_scores(images, batch["negatives"])  # [B, K]
-            self.val_hn.update(self.pair_scores(images, captions), negatives, batch["negative_valid"], index)
-        written = self.loss.decode(
-            self.loss.decoder, images.memory, self.bos_id, captions.tokens.shape[1], self._allowed
-        )
-        self.val_caption.update(written, captions.tokens, index)
+            self.val_hn.update(self.pair_scores(images, captions), negatives, batch["negative_valid"], batch["index"])
+        written = self.write(images.memory, captions.tokens, self._allowed)
+        self.val_caption.update(written, captions.tokens, batch["index"])
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()  # val/R@1, the recall metrics of both directions, val/hn_<kind>

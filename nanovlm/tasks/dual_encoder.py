@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from torch import nn
 
-from nanovlm.data.datamodule import WorldDataModule
+from nanovlm.data.datamodule import Gallery
+from nanovlm.data.tokenizer import TextTokenizer
 from nanovlm.evaluate.metrics import HardNegativeAccuracy, RetrievalRecall
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -92,7 +93,7 @@ class DualEncoder(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_i2t, self.val_t2i = RetrievalRecall(), RetrievalRecall()
         self.val_hn: HardNegativeAccuracy | None = None  # made in setup() for a world with hard negatives
-        self._gallery: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._gallery: tuple[torch.Tensor, torch.Tensor, Gallery] | None = None
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self.logged: dict[str, float] = {}
         self.validated_step: int | None = None  # the global step of the last validation (train() checks it)
@@ -105,7 +106,7 @@ class DualEncoder(L.LightningModule):
     def from_config(
         cls,
         cfg: DictConfig,
-        world: type[WorldDataModule],
+        tokenizer: TextTokenizer,
         image_encoder: nn.Module,
         text_encoder: nn.Module,
         optimizer: OptimizerFactory,
@@ -113,7 +114,7 @@ class DualEncoder(L.LightningModule):
     ) -> DualEncoder:
         """The task `cfg.model` describes (its `_target_` is this class), around the encoders `build_model` made.
         The objective is built here, not there, because what it needs beyond its yaml depends on the task: a
-        captioner's decoder is sized by the world and the image encoder (Captioner.from_config)."""
+        captioner's decoder is sized by the tokenizer and the image encoder (Captioner.from_config)."""
         check_objective(cls, cfg.loss)
         task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: embed_dim
         return task(image_encoder, text_encoder, instantiate(cfg.loss), optimizer, scheduler)
@@ -178,34 +179,35 @@ class DualEncoder(L.LightningModule):
         )
 
     def on_validation_epoch_start(self) -> None:
-        gallery = self.trainer.datamodule.gallery()
-        images = self.encode_images(gallery["image"])
-        texts = self.text_encoder(gallery["tokens"].to(self.device))
-        self._gallery = (images, texts, gallery["caption"].to(self.device))
+        gallery: Gallery = self.trainer.datamodule.gallery()
+        images = self.encode_images(gallery.images)
+        texts = self.text_encoder(gallery.tokens.to(self.device))
+        self._gallery = (images, texts, gallery)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         assert self._gallery is not None
-        gallery_images, gallery_texts, caption_of = self._gallery
+        gallery_images, gallery_texts, gallery = self._gallery
         # Every val image and caption is also in the gallery, already encoded (same weights, eval mode): index.
-        index = batch["index"]
-        caption = caption_of[index]  # [B] each image's true gallery caption
-        image_emb, text_emb = gallery_images[index], gallery_texts[caption]
+        rows, columns = gallery.rows(batch["index"]), gallery.columns(batch["caption_id"])
+        image_emb, text_emb = gallery_images[rows], gallery_texts[columns]
         # self.log (not log_to_loggers): callbacks such as EarlyStopping(monitor="val/loss") read it.
         # Val batches of a world with repeated captions are mostly one caption's images.
-        val_loss = self.loss(image_emb, text_emb, caption_id=caption if self.several_true_pairs else None)
+        val_loss = self.loss(image_emb, text_emb, caption_id=columns if self.several_true_pairs else None)
         self.log("val/loss", val_loss, batch_size=len(image_emb), sync_dist=True)
-        self.val_i2t.update(image_emb @ gallery_texts.T, caption, index)
-        # Text queries are captions: a caption shown by several val images is one query (its id is the caption),
-        # and every gallery image showing it is a true item.
-        shows_caption = caption_of[None, :] == caption[:, None]  # [B, N]
-        self.val_t2i.update(text_emb @ gallery_images.T, shows_caption, caption)
+        # Image queries: every caption the image shows is a true item. Text queries: each caption the batch's images
+        # show, once (its id is the caption: across batches and processes a caption is counted once), with every
+        # gallery image showing it true.
+        self.val_i2t.update(image_emb @ gallery_texts.T, gallery.truth[rows], batch["index"])
+        asked = gallery.captions_of(rows)  # [Q] gallery columns
+        asked_id = gallery.caption_index[asked]
+        self.val_t2i.update(gallery_texts[asked] @ gallery_images.T, gallery.truth[:, asked].T, asked_id)
         if self.val_hn is not None:
             negatives = batch["negatives"]  # [B, K, L]
             negative_emb = self.text_encoder(negatives.flatten(0, 1)).view(*negatives.shape[:2], -1)  # [B, K, D]
             # The same cosines score_pairs gives, from the embeddings already at hand.
             true_scores = (image_emb * text_emb).sum(-1)  # [B]
             negative_scores = (image_emb[:, None] * negative_emb).sum(-1)  # [B, K]
-            self.val_hn.update(true_scores, negative_scores, batch["negative_valid"], index)
+            self.val_hn.update(true_scores, negative_scores, batch["negative_valid"], batch["index"])
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, torch.Tensor] = {}
