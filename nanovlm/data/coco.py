@@ -21,7 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanovlm.data.disk import COMMON, BadData, DiskDataModule, Pairs
+from nanovlm.data.disk import COMMON, DiskDataModule
+from nanovlm.data.pairs import BadData, Pairs
 
 SPLITS = ("coco", "karpathy")
 KARPATHY_TRAIN = ("train", "restval")

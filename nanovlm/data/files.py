@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanovlm.data.disk import COMMON, BadData, DiskDataModule, Pairs
+from nanovlm.data.disk import COMMON, DiskDataModule
+from nanovlm.data.pairs import BadData, Pairs
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 

@@ -30,8 +30,9 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nanovlm.data.datamodule import Gallery
-from nanovlm.data.disk import COMMON, BadData, DiskDataModule, Pairs, collate, gallery_of
+from nanovlm.data.disk import COMMON, DiskDataModule
 from nanovlm.data.images import BadImage, ImageTransform, open_rgb
+from nanovlm.data.pairs import BadData, Pairs, collate, gallery_of
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -204,6 +205,16 @@ class ShardsDataModule(DiskDataModule):
         for i in set(range(len(pairs.images))) - set(keep):
             self.reject(f"{pairs.where[i]}: an empty caption")
         return pairs.take(keep)
+
+    def open_image(self, index: int):
+        """Sample `index` read from its shard (evaluation's `image=`; training streams instead)."""
+        pairs, i = (self.train_pairs, index) if index < self.n_train else (self.val_pairs, index - self.n_train)
+        shard, key = pairs.images[i]
+        with tarfile.open(shard, mode="r:") as tar:
+            for member in tar:
+                if member.isfile() and split_key(member.name) in {(key, e) for e in IMAGE_EXTENSIONS}:
+                    return open_rgb(tar.extractfile(member).read())
+        raise BadData(f"{shard} sample {key!r}: no image")
 
     def stream(self, train: bool, split_processes: bool = True, augment: bool | None = None) -> ShardStream:
         pairs, first = (self.train_pairs, 0) if train else (self.val_pairs, self.n_train)
