@@ -87,7 +87,8 @@ def export_wds(world: Any, out: Path, shard_size: int) -> str:
                 for i, caption in shard:
                     sink.write({"__key__": f"{i:06d}", "png": png_bytes(world.images[i]), "txt": caption})
         patterns[name] = f"{out}/{name}-{{{0:06d}..{len(shards) - 1:06d}}}.tar"
-    return f"data=wds data.train_shards='{patterns['train']}' data.val_shards='{patterns['val']}'"
+    # Hydra reads braces as a dict unless the value is quoted: the shell must pass the single quotes through.
+    return f"data=wds \"data.train_shards='{patterns['train']}'\" \"data.val_shards='{patterns['val']}'\""
 
 
 def export(world: Any, fmt: str, out: Path, shard_size: int = 1000) -> str:
