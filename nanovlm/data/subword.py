@@ -25,20 +25,46 @@ from nanovlm.data.tokenizer import register_tokenizer
 PAD, BOS, EOS, UNK = "[PAD]", "[CLS]", "[SEP]", "[UNK]"
 SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3 in that order
 KINDS = ("bpe", "wordpiece")
-WORD_END = "</w>"  # BPE marks a word's last piece, so that decoding knows where spaces go
+WORD_START = "▁"  # marks a word's first piece (SentencePiece's convention), so that decoding knows where spaces go
 
 
-def _pipeline(kind: str) -> HFTokenizer:
-    """An untrained tokenizer of `kind`: model, normaliser, pre-tokeniser and decoder."""
-    if kind == "bpe":
-        tokenizer = HFTokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_END))
-        tokenizer.decoder = decoders.BPEDecoder(suffix=WORD_END)
-    else:
-        tokenizer = HFTokenizer(models.WordPiece(unk_token=UNK))
-        tokenizer.decoder = decoders.WordPiece()
-    steps = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
-    tokenizer.normalizer = normalizers.Sequence(steps)
+def _normaliser() -> normalizers.Normalizer:
+    return normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+
+
+def bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
+    """A BPE tokenizer learnt from `texts`: words and punctuation split apart, each marked with WORD_START.
+
+    The mark is a character like any other, so the trainer's ids (sorted characters, then merges in order) and its
+    tie-breaks are the same in every process: DDP processes, a resumed run and `nanovlm.evaluate` each train their
+    own from the same captions and must get the same ids. (`tokenizers`' suffix and prefix options, `</w>` and
+    `##`, number those pieces in hash-map order, which differs between processes, and with it the merges.)
+
+    min_frequency=2: a piece seen once is more likely a typo than a word."""
+    tokenizer = HFTokenizer(models.BPE(unk_token=UNK))
+    tokenizer.normalizer = _normaliser()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Metaspace()])
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIALS), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def wordpiece(learnt: HFTokenizer) -> HFTokenizer:
+    """BERT's WordPiece over the pieces BPE learnt (how `tokenizers`' own WordPieceTrainer learns them too): a
+    word-initial piece keeps its text, a continuation gets "##", and every character is in both forms, so no word
+    of known characters is unknown. Ids: the special tokens, then the pieces sorted."""
+    pieces = {t for t in learnt.get_vocab() if t not in SPECIALS and t != WORD_START}
+    characters = {c for t in pieces for c in t if c != WORD_START}
+    words = {t[1:] if t.startswith(WORD_START) else f"##{t}" for t in pieces}
+    words |= characters | {f"##{c}" for c in characters}
+    vocab = {token: i for i, token in enumerate([*SPECIALS, *sorted(words)])}
+    tokenizer = HFTokenizer(models.WordPiece(vocab, unk_token=UNK))
+    tokenizer.normalizer = _normaliser()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece()
     return tokenizer
 
 
@@ -60,22 +86,14 @@ class SubwordTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096, max_len: int = 32):
-        """Learn `vocab_size` pieces (specials included) from `texts`, the training captions.
-
-        min_frequency=2: a piece seen once is more likely a typo than a word (CLIP's BPE is built the same way)."""
+        """Learn about `vocab_size` pieces (specials included) from `texts`, the training captions. (WordPiece ends
+        up with more: each character in both its word-initial and its continuing form.)"""
         if kind not in KINDS:
             raise ValueError(f"tokenizer.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if vocab_size < len(SPECIALS) + 1:
             raise ValueError(f"tokenizer.vocab_size must be > {len(SPECIALS)} (the special tokens), got {vocab_size}")
-        backend = _pipeline(kind)
-        options: dict[str, Any] = {"vocab_size": vocab_size, "min_frequency": 2, "special_tokens": list(SPECIALS)}
-        options["show_progress"] = False
-        if kind == "bpe":
-            trainer = trainers.BpeTrainer(**options, end_of_word_suffix=WORD_END)
-        else:
-            trainer = trainers.WordPieceTrainer(**options)
-        backend.train_from_iterator(texts, trainer=trainer)
-        return cls(kind, backend, max_len)
+        learnt = bpe(texts, vocab_size)
+        return cls(kind, learnt if kind == "bpe" else wordpiece(learnt), max_len)
 
     @property
     def vocab_size(self) -> int:
