@@ -59,7 +59,8 @@ def write_jsonl(root: Path, count: int = 12) -> Path:
     """The same pairs as JSON lines with open_clip-style keys `filepath` and `title`."""
     names = write_images(root / "images", count)
     path = root / "pairs.jsonl"
-    lines = [json.dumps({"filepath": f"images/{image}", "title": c}) for n, image in enumerate(names) for c in captions_of(n)]
+    rows = [{"filepath": f"images/{image}", "title": c} for n, image in enumerate(names) for c in captions_of(n)]
+    lines = [json.dumps(row) for row in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 

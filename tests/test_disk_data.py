@@ -67,7 +67,8 @@ def test_tsv_and_jsonl_with_other_keys(tmp_path: Path, kind: str) -> None:
     else:
         path, keys = write_jsonl(tmp_path, 10), {"image_key": "filepath", "caption_key": "title"}
     datamodule = FilesDataModule(str(path), val_fraction=0.3, **keys, **SMALL)
-    check_batches(datamodule, epoch(datamodule, datamodule.train_dataloader()), set(range(10)) - val_numbers(datamodule))
+    train = set(range(10)) - val_numbers(datamodule)
+    check_batches(datamodule, epoch(datamodule, datamodule.train_dataloader()), train)
 
 
 def val_numbers(datamodule) -> set[int]:
