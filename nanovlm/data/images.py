@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Decompression bombs are an attack on servers, not a concern for a training set someone chose; a 20k x 20k
 # scan should load, not raise PIL's DecompressionBombError.
@@ -39,9 +39,11 @@ def open_rgb(source: str | Path | bytes) -> Image.Image:
                 image = image.point(lambda v: v / 256).convert("L")
             return image.convert("RGB")
     except FileNotFoundError:
-        raise BadImage("no such file") from None
+        raise BadImage("missing (no such file)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image PIL can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadImage(f"not a readable image ({type(error).__name__}: {error})") from None
+        raise BadImage(f"truncated or corrupt ({error})") from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -56,7 +56,7 @@ def check_image_file(path: Path) -> str | None:
     try:
         size = path.stat().st_size
     except OSError:
-        return "no such file"
+        return "missing (no such file)"
     if size == 0:
         return "an empty file"
     with path.open("rb") as f:

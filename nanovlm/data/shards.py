@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import tarfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from nanovlm.data.images import BadImage, ImageTransform, open_rgb
 from nanovlm.data.pairs import BadData, Pairs, collate, gallery_of
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Lightning warns that an IterableDataset's length can be wrong under several workers; a ShardStream's is counted
+# for exactly the workers it splits its shards between.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
 
 
 def expand(pattern: str, key: str) -> list[str]:
@@ -66,13 +70,20 @@ def scan(shard: str, pairs: Pairs, reject: Any) -> None:
                 if not member.isfile():
                     continue
                 if member.offset_data + member.size > size:
-                    raise tarfile.ReadError(f"truncated: {member.name} runs past the end of the file")
+                    raise tarfile.ReadError(f"truncated inside {member.name}")
                 key, extension = split_key(member.name)
                 sample = samples.setdefault(key, {})
                 if extension == "txt":
                     sample["caption"] = tar.extractfile(member).read().decode("utf-8", errors="replace")
                 elif extension in IMAGE_EXTENSIONS:
                     sample["image"] = True
+            end = tar.offset  # where the end-of-archive marker (two zero blocks) must begin
+        with open(shard, "rb") as f:
+            f.seek(end)
+            rest = f.read()
+        if len(rest) < 1024 or rest.strip(b"\0"):  # tarfile reads a cut-off archive as a shorter one
+            last = f"after sample {next(reversed(samples))!r}" if samples else "in its first sample"
+            raise tarfile.ReadError(f"truncated {last}")
     except (tarfile.TarError, OSError) as error:
         reject(f"{shard}: not a readable tar shard ({error})")
     index: dict[Any, int] = {}
@@ -126,7 +137,7 @@ class ShardStream(IterableDataset):
         try:
             image = self.transform(open_rgb(data))
         except BadImage as error:
-            return {"bad": f"{shard} sample {raw['__key__']!r}: the image is {error}"}
+            return {"bad": f"{shard} sample {raw['__key__']!r}: its image is {error}"}
         caption = ids[int(torch.randint(len(ids), ()))] if len(ids) > 1 else ids[0]
         return {"image": image, "tokens": self.tokens[caption], "caption_id": caption, "index": index}
 
