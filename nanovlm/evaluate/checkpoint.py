@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from nanovlm.data.datamodule import Gallery, WorldDataModule
+from nanovlm.evaluate.imagefolder import ZeroShotConfig, zero_shot_folder
 from nanovlm.evaluate.metrics import hard_negative_accuracy
 from nanovlm.evaluate.plots import embed_gallery
 from nanovlm.evaluate.retrieval import hard_negatives, retrieval, retrieval_from_scores
@@ -45,6 +46,7 @@ class EvalConfig:
     image: str | None = None  # a gallery image index (0-242 for shapes) or a 32x32 image file -> its top_k captions
     top_k: int = 5
     plots: bool = True  # the embedding pictures and zero-shot confusion matrices
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # zeroshot.root=DIR: classify an ImageFolder
 
 
 def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
@@ -203,6 +205,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         results["image"] = image_captions(model, image, cfg.top_k, gallery_texts(datamodule, gallery), text_emb)
     if isinstance(model, Captioner):  # loss=coca: also the captions it writes
         results.update(evaluate_captioner(model, datamodule, image, cfg.top_k, scores=False))
+    if cfg.zeroshot.root:
+        results["zero_shot_folder"] = zero_shot_folder(model, cfg.zeroshot, datamodule.image_size)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"written     {out_dir}/")
     return results
@@ -317,7 +321,8 @@ def parse_args(argv: list[str]) -> EvalConfig:
     """`key=value` arguments (Hydra-style) onto EvalConfig; unknown keys and missing ckpt are errors."""
     bad = [a for a in argv if "=" not in a]
     if bad:
-        raise ValueError(f"arguments are key=value (keys: ckpt, out, query, image, top_k, plots), got {bad}")
+        keys = "ckpt, out, query, image, top_k, plots, zeroshot.root, zeroshot.templates"
+        raise ValueError(f"arguments are key=value (keys: {keys}), got {bad}")
     if not any(a.startswith("ckpt=") for a in argv):
         raise ValueError("ckpt is required: python -m nanovlm.evaluate ckpt=<a .ckpt from train.py> [key=value ...]")
     schema = OmegaConf.structured(EvalConfig)
