@@ -3,6 +3,7 @@
     python -m nanovlm.bench                 # all five figures, several repeats; writes outputs/bench.md
     python -m nanovlm.bench --only e        # one figure: (e), the scenes epoch
     python -m nanovlm.bench --quick         # seconds: (a) and (c) only, 2 repeats, few epochs
+    python -m nanovlm.bench --loaders       # the disk loaders' images/s beside the in-memory path (loaders.py)
 
 (a) steady-state seconds per epoch of the default model: `train()` exactly as train.py runs it (checkpoints, NaN
     guard, validation every epoch; W&B off) vs `plain_run` below, the loop a researcher would write: the same model
@@ -288,7 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plain", action="store_true", help="just run the plain loop (what (b) times)")
     parser.add_argument("--stop-at", type=float, default=None, help="with --plain: stop at this val R@1")
     parser.add_argument("overrides", nargs="*", help="with --plain: Hydra overrides, e.g. model.embed_dim=16")
+    parser.add_argument("--loaders", action="store_true", help="the disk loaders' images/s (nanovlm/bench/loaders.py)")
+    parser.add_argument("--images", type=int, default=2000, help="with --loaders: scenes images exported and read")
     args = parser.parse_args(argv)
+    if args.loaders:
+        from nanovlm.bench.loaders import run
+
+        print(run(args.images))
+        return 0
     if args.plain:
         result = plain_run(compose_cfg("run_dir=unused", *args.overrides), stop_at=args.stop_at)
         print(

@@ -149,11 +149,13 @@ class ShardStream(IterableDataset):
         if self.shuffle_buffer > 0:
             samples = shuffled(samples, self.shuffle_buffer, rng)
         chunk: list[dict[str, Any]] = []
+        good = 0
         for sample in samples:
             chunk.append(sample)
-            if sum("bad" not in s for s in chunk) == self.batch_size:
+            good += "bad" not in sample
+            if good == self.batch_size:
                 yield collate(chunk)
-                chunk = []
+                chunk, good = [], 0
         if chunk:
             yield collate(chunk)
 
