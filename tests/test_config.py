@@ -20,12 +20,26 @@ def test_every_group_has_options() -> None:
         assert options(group), f"conf/{group}/ has no options"
 
 
+def disk_data(choice: str, root) -> list[str]:
+    """For a disk format (data=csv, coco, wds): a tiny dataset in `root` and the overrides that read it."""
+    from tests.disk_fixtures import write_coco, write_csv, write_shards
+
+    small = ["data.batch_size=4", "data.tokenizer.vocab_size=100"]
+    if choice == "data=csv":
+        return [f"data.path={write_csv(root, 20)}", *small]
+    if choice == "data=coco":
+        return [f"data.root={root}", f"data.train={write_coco(root, 20).relative_to(root)}", *small]
+    if choice == "data=wds":
+        return [f"data.train_shards='{write_shards(root, 'train', [list(range(20))])}'", *small]
+    return []
+
+
 @pytest.mark.parametrize("choice", [f"{g}={o}" for g in GROUPS for o in options(g)], ids=lambda c: c.replace("=", "-"))
-def test_each_option_composes_and_builds(make_cfg, choice: str) -> None:
-    cfg = make_cfg(choice)
-    model = build_model(cfg)
+def test_each_option_composes_and_builds(make_cfg, tmp_path, choice: str) -> None:
+    cfg = make_cfg(choice, *disk_data(choice, tmp_path))
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule.tokenizer)
     assert sum(p.numel() for p in model.parameters()) > 0
-    instantiate(cfg.data)
 
 
 @pytest.mark.integration
