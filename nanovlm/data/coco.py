@@ -58,6 +58,9 @@ def coco_pairs(path: Path, image_dir: Path, check: Any) -> Pairs:
         if note.get("image_id") not in files:
             check(f"{where}: image_id {note.get('image_id')!r} is not in 'images'")
             continue
+        if not note["caption"].strip():
+            check(f"{where}: an empty caption")
+            continue
         pairs.add(image_dir / files[note["image_id"]], note["caption"], where, index)
     return pairs
 
@@ -78,8 +81,8 @@ def karpathy_pairs(path: Path, root: Path, image_dir: Path | None, check: Any) -
         folder = image_dir if image_dir is not None else root / image.get("filepath", "")
         for k, sentence in enumerate(sentences):
             raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            if not isinstance(raw, str):
-                check(f"{where} sentences[{k}]: needs a 'raw' caption string")
+            if not isinstance(raw, str) or not raw.strip():
+                check(f"{where} sentences[{k}]: needs a non-empty 'raw' caption string")
                 continue
             split.add(folder / image["filename"], raw, where, index)
     return train, val

@@ -160,19 +160,15 @@ class DiskDataModule(L.LightningDataModule):
         self.skipped += 1
 
     def checked(self, pairs: Pairs) -> Pairs:
-        """`pairs` without the images whose file is unusable (every one is checked) and without empty captions."""
+        """`pairs` without the images whose file is unusable: every one is checked (the readers have dropped
+        malformed rows and empty captions, naming each row)."""
         keep: list[int] = []
-        for i, (path, captions) in enumerate(zip(pairs.images, pairs.captions, strict=True)):
+        for i, path in enumerate(pairs.images):
             problem = check_image_file(path)
-            if problem is not None:
-                self.reject(f"{pairs.where[i]}: image {str(path)!r} is {problem}")
-                continue
-            good = [c.strip() for c in captions if c.strip()]
-            if len(good) < len(captions):
-                self.reject(f"{pairs.where[i]}: an empty caption for image {str(path)!r}")
-            if good:
-                pairs.captions[i] = good
+            if problem is None:
                 keep.append(i)
+            else:
+                self.reject(f"{pairs.where[i]}: image {str(path)!r} is {problem}")
         return pairs.take(keep)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:

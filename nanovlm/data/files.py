@@ -49,6 +49,9 @@ def read_rows(path: Path, image_key: str, caption_key: str, check: Any) -> Pairs
             if None in row or not isinstance(image, str) or not image or not isinstance(caption, str):
                 check(f"{where}: a malformed row (needs {image_key!r} and {caption_key!r}): {_short(row)}")
                 continue
+            if not caption.strip():
+                check(f"{where}: an empty caption for image {image!r}")
+                continue
             pairs.add((path.parent / image).resolve(), caption, where, index)
     return pairs
 

@@ -93,6 +93,9 @@ def scan(shard: str, pairs: Pairs, reject: Any) -> None:
             missing = "image (.jpg/.png/.webp)" if "image" not in sample else "caption (.txt)"
             reject(f"{where}: no {missing}")
             continue
+        if not sample["caption"].strip():
+            reject(f"{where}: an empty caption")
+            continue
         pairs.add((shard, key), sample["caption"], where, index)
 
 
@@ -213,11 +216,8 @@ class ShardsDataModule(DiskDataModule):
         return train, val
 
     def checked(self, pairs: Pairs) -> Pairs:
-        """Only the captions: the images were checked by `scan`, and are decoded when streamed."""
-        keep = [i for i, captions in enumerate(pairs.captions) if any(c.strip() for c in captions)]
-        for i in set(range(len(pairs.images))) - set(keep):
-            self.reject(f"{pairs.where[i]}: an empty caption")
-        return pairs.take(keep)
+        """Nothing left to check: `scan` has checked the samples, and their images are decoded when streamed."""
+        return pairs
 
     def open_image(self, index: int):
         """Sample `index` read from its shard (evaluation's `image=`; training streams instead)."""
