@@ -95,3 +95,14 @@ def test_csv_and_coco_of_one_export_serve_identical_batches(tmp_path: Path) -> N
         epochs.append([datamodule.on_before_batch_transfer(b, 0) for b in datamodule.train_dataloader()])
     for a, b in zip(*epochs, strict=True):
         assert all(torch.equal(a[key], b[key]) for key in ("image", "tokens", "caption_id", "index"))
+
+
+def test_emoji_export_needs_its_font(tmp_path: Path, monkeypatch, capsys) -> None:
+    from nanovlm.export import emoji
+
+    monkeypatch.setattr(emoji, "FONT", tmp_path / "no-such-font.ttf")
+    assert emoji.main([f"out={tmp_path}"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: no colour emoji font at {tmp_path}/no-such-font.ttf: apt-get install fonts-noto-color-emoji"
+    )
