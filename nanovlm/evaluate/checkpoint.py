@@ -97,7 +97,8 @@ def split_rows(datamodule: WorldDataModule, gallery: Gallery) -> dict[str, torch
         found = torch.nonzero(torch.isin(image_index, idx.cpu())).flatten()
         if len(found):
             rows[split] = found
-    rows["all"] = torch.arange(len(image_index))
+    if len(rows) != 1 or len(next(iter(rows.values()))) != len(image_index):  # "all" only where it adds something
+        rows["all"] = torch.arange(len(image_index))
     return rows
 
 
@@ -281,7 +282,7 @@ def evaluate_captioner(
         print(f"retrieval by likelihood skipped: {passes:,} decoder passes (more than {MAX_LIKELIHOOD_PAIRS:,})")
     if scores and datamodule.negative_kinds:
         results["hard_negatives"] = {}
-        for split in ("val", "all"):
+        for split in [s for s in ("val", "all") if s in splits]:
             rows = splits[split]
             caption = datamodule.caption_of[gallery.image_index[rows]]  # [Q] each image's caption id
             negatives = datamodule.caption_extras["negatives"][caption]  # [Q, K, L]

@@ -214,7 +214,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         raise
     tracking.finish(logger, exit_code=0)
     _write_result(run_dir, {"status": "ok", "metrics": metrics})
-    _print_summary(metrics, run_dir, logger)
+    scope = "the whole world" if getattr(datamodule, "gallery_choice", "world") == "world" else "the val split"
+    _print_summary(metrics, run_dir, logger, scope)
     return metrics
 
 
@@ -227,9 +228,9 @@ def _write_tokenizer(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 @rank_zero_only
-def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any) -> None:
+def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any, gallery: str) -> None:
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
-    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: the whole world)"]
+    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: {gallery})"]
     if math.isnan(i2t) and math.isnan(t2i) and "val/caption_exact" in metrics:  # a captioner that did not rank
         lines = [f"final val      caption exact {metrics['val/caption_exact']:.3f}  (R@1 not measured: loss.retrieval)"]
     hard = {k.removeprefix("val/hn_"): v for k, v in metrics.items() if k.startswith("val/hn_")}
