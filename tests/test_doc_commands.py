@@ -65,6 +65,7 @@ SKIP = {
     "pip ": "installs packages into the environment: set-up, which `make install` and CI do",
     "python -m pip": "installs packages into the environment: set-up, which `make install` and CI do",
     "git ": "changes the checkout",
+    "apt-get ": "installs a system package: set-up",
     "wandb ": "W&B's CLI on a user's run dir or account; tests/conftest.py reads offline runs with `wandb leet`",
     "sbatch": "submits to a SLURM cluster",
     "srun": "runs on a SLURM cluster",
@@ -85,6 +86,11 @@ BENCH_QUICK = (
     "tests/test_bench.py::test_quick_bench_writes_a_sane_table runs the same run_bench(quick=True)"
 )
 BENCH_LONG = "times full training runs, several minutes (docs/performance.md)"
+DISK_DATA = (
+    "reads a dataset of one's own from disk (the paths are examples): tests/test_disk_data.py, test_disk_train.py "
+    "and test_export.py build tiny ones in each format and train on them; its overrides compose"
+)
+DISK_FORMATS = ("data=csv", "data=coco", "data=wds")
 
 # What makes a train.py run tiny: key -> value, added unless the command sets the key (or a key under it).
 TINY = {"trainer.max_epochs": "1", "logger": "none", "plots": "none"}
@@ -326,12 +332,19 @@ def classify(command: DocCommand, earlier: dict) -> Plan:
         for option, reason in NEEDS_CLUSTER.items():
             if option in args:
                 return Plan("skip", reason)
+        if script == "train.py" and set(DISK_FORMATS) & set(args):
+            return Plan("skip", DISK_DATA, check=("train.py", args))
         plan = _plan_train(text, args, earlier) if script == "train.py" else _plan_sweep(text, args, earlier)
         plan.key = (script, args)
         return plan
 
     if len(head) == 2 and re.fullmatch(PYTHON, head[0]) and head[1] == "-m" and len(words) > 2:
         module, args = words[2], words[3:]
+        if module == "nanovlm.evaluate" and any(a.startswith("zeroshot.root=") for a in args):
+            return Plan("skip", "classifies an ImageFolder of one's own: tests/test_disk_train.py builds one")
+        if module == "nanovlm.export":  # the seed world: a few hundred PNGs instead of a bigger world's thousands
+            line = re.sub(r"\bdata=\w+", "data=shapes", python_words(text))
+            return Plan("run", script=line, notes=["data=shapes: the seed world, 243 images"])
         if module == "nanovlm.evaluate":
             duplicate = _duplicate(module, args, earlier)
             if duplicate:
