@@ -28,6 +28,7 @@ from nanovlm.evaluate.captions import evaluate_captioner
 from nanovlm.evaluate.imagefolder import ZeroShotConfig, zero_shot_folder
 from nanovlm.evaluate.plots import embed_gallery
 from nanovlm.evaluate.retrieval import gallery_texts, hard_negatives, retrieval, split_rows
+from nanovlm.evaluate.retrieval import table as retrieval_table
 from nanovlm.evaluate.zero_shot import world_attributes, zero_shot
 from nanovlm.run import saved
 from nanovlm.tasks.captioner import Captioner
@@ -148,7 +149,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         gallery_words = f"all {len(image_emb)}"
     scope = "the whole world" if datamodule.gallery_choice == "world" else "the val split"
     print(f"checkpoint  {cfg.ckpt}  (data.split={results['split']}; queries ranked against {gallery_words}: {scope})")
-    print(table({names[s]: m for s, m in results["retrieval"].items()}))
+    print(retrieval_table({names[s]: m for s, m in results["retrieval"].items()}))
     world_names = {"val": f"val ({len(datamodule.val_idx)})", "all": f"all ({len(datamodule.images)})"}
     for s, acc in results.get("zero_shot", {}).items():
         print(f"zero-shot {world_names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
