@@ -65,7 +65,10 @@ class EarlyFusion(nn.Module):
         self.image_pos = nn.Parameter(torch.randn(1, 1 + num_tokens, width) * 0.02)
         self.embed = nn.Embedding(vocab_size, width)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.text_pos = nn.Parameter(torch.randn(1, max_len + max_answer_len, width) * 0.02)
+        self.text_pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
+        # The answer's positions are its own, not the question's continued: however much padding a question
+        # has, its answer starts at the same embedding.
+        self.answer_pos = nn.Parameter(torch.randn(1, max_answer_len, width) * 0.02)
         self.blocks = transformer_blocks(width, depth, heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab_size)
@@ -78,12 +81,15 @@ class EarlyFusion(nn.Module):
         image, the question and answer_inputs[:, :a + 1] (EOS first, then the answer's earlier words)."""
         image = torch.cat([self.summary_projector(image_emb)[:, None], self.projector(image_tokens)], dim=1)
         image = image + self.image_pos  # [B, 1 + N, W]
-        text = torch.cat([questions, answer_inputs], dim=1)  # [B, L + A]
-        if text.shape[1] > self.text_pos.shape[1]:
-            raise ValueError(f"{text.shape[1]} question + answer tokens exceed the model's {self.text_pos.shape[1]}")
-        text = self.embed(text) + self.text_pos[:, : text.shape[1]]  # [B, L + A, W]
-        x = torch.cat([image, text], dim=1)  # [B, P + A, W], P = 1 + N + L
-        n_answer = answer_inputs.shape[1]
+        n_question, n_answer = questions.shape[1], answer_inputs.shape[1]
+        if n_question > self.text_pos.shape[1] or n_answer > self.answer_pos.shape[1]:
+            raise ValueError(
+                f"{n_question} question and {n_answer} answer tokens exceed the model's "
+                f"{self.text_pos.shape[1]} and {self.answer_pos.shape[1]}"
+            )
+        question = self.embed(questions) + self.text_pos[:, :n_question]  # [B, L, W]
+        answer = self.embed(answer_inputs) + self.answer_pos[:, :n_answer]  # [B, A, W]
+        x = torch.cat([image, question, answer], dim=1)  # [B, P + A, W], P = 1 + N + L
         prefix = x.shape[1] - n_answer
         mask = prefix_lm_mask(prefix, x.shape[1], x.device)
         real = padding_mask(questions, self.pad_id)  # [B, L] True = a real question token
