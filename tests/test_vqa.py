@@ -67,6 +67,7 @@ REL = "(left of|right of|above|below)"
 
 def answer_from_text(scene, text: str) -> str | None:
     """The answer to the question `text`, read by regular expressions; None if it names no unique object."""
+
     def count(word: str) -> int:
         m = re.fullmatch(r"(\w+) things", word)
         return sum(o[0] == m.group(1) for o in scene) if m else sum(o[1] + "s" == word for o in scene)
@@ -136,7 +137,7 @@ def test_question_tokenizer_pads_ends_and_round_trips():
     assert ids.tolist() == [tok.bos_id, *(tok.ids[w] for w in words), tok.eos_id] + [tok.pad_id] * (MAX_LEN - 8)
     assert tok.decode(ids) == "is there a red circle?"
     assert tokenizer_from_state(tok.state()).state() == tok.state()
-    with pytest.raises(ValueError, match="unknown word.*'hexagon'.*the vocabulary is"):
+    with pytest.raises(ValueError, match=r"unknown word.*'hexagon'.*the vocabulary is"):
         tok.encode("is there a red hexagon?")
 
 
@@ -222,3 +223,68 @@ def test_cross_fusion_reads_the_answer_at_eos_blind_to_what_follows():
     garbage = q.clone()
     garbage[0, 9:] = TOK.ids["red"]  # after EOS (position 7): causality keeps it out of the answer
     torch.testing.assert_close(fusion(emb, grid, garbage), fusion(emb, grid, q))
+
+
+# --- The task -----------------------------------------------------------------------------------------------------
+
+
+def question_form(text: str) -> str:
+    """The question with its colour and shape words abstracted: what 'the same question form' means for the prior."""
+    words = []
+    for word in text.replace("?", " ?").split():
+        if word in COLOURS:
+            word = "<colour>"
+        elif word in SHAPES or word.removesuffix("s") in SHAPES:
+            word = "<shape>"
+        words.append(word)
+    return " ".join(words)
+
+
+def prior_accuracy(world: VQADataModule) -> dict[str, float]:
+    """Per family, the val accuracy of always answering the most common training answer of the question's form
+    (its family's most common answer for a form never seen in training)."""
+    by_form, by_family = defaultdict(Counter), defaultdict(Counter)
+    for i in world.train_idx.tolist():
+        by_form[question_form(world.texts[i])][world.answers[i]] += 1
+        by_family[world.questions[i].family][world.answers[i]] += 1
+    right, total = Counter(), Counter()
+    for i in world.val_idx.tolist():
+        family = world.questions[i].family
+        seen = by_form.get(question_form(world.texts[i])) or by_family[family]
+        right[family] += seen.most_common(1)[0][0] == world.answers[i]
+        total[family] += 1
+    return {f: right[f] / total[f] for f in FAMILIES}
+
+
+@pytest.mark.slow
+def test_blind_matches_the_answer_prior_of_each_family(make_cfg):
+    from nanovlm.run.training import train
+
+    settings = ["data.n_questions=12000", "data.split_seed=0"]
+    metrics = train(make_cfg("data=vqa", "fusion=blind", "trainer.max_epochs=10", *settings))
+    prior = prior_accuracy(VQADataModule(n_questions=12000, split_seed=0))
+    for family in FAMILIES:
+        assert abs(metrics[f"val/vqa_acc_{family}"] - prior[family]) <= 0.03, (family, metrics, prior)
+
+
+def test_image_init_copies_a_checkpoints_image_encoder_and_freezes_it(tmp_path):
+    from nanovlm.models.image import CNNEncoder
+    from nanovlm.tasks.vqa import VQA, load_image_encoder
+
+    torch.manual_seed(1)
+    trained = CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4))
+    path = tmp_path / "dual.ckpt"
+    state = {f"image_encoder.{k}": v for k, v in trained.state_dict().items()} | {"text_encoder.w": torch.zeros(1)}
+    torch.save({"state_dict": state}, path)
+    fresh = CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4))
+    load_image_encoder(fresh, str(path))
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"model.image_init: .* does not fit encoder="):
+        load_image_encoder(CNNEncoder(embed_dim=16, channels=(4, 4, 4, 4)), str(path))
+    fusion = LateFusion(AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=MAX_LEN), 8, len(ANSWERS))
+    task = VQA(fresh, fusion, torch.optim.AdamW, image_init=str(path), freeze_image=True)
+    assert not any(p.requires_grad for p in task.image_encoder.parameters())
+    assert all(p.requires_grad for p in task.fusion.parameters())
+    with pytest.raises(ValueError, match=r"model.image_init: no checkpoint file at"):
+        VQA(fresh, fusion, torch.optim.AdamW, image_init=str(tmp_path / "missing.ckpt"))

@@ -156,15 +156,27 @@ def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo
         if family == "count":
             k = int(target)
             objects = _place(rng, combos, k, used, lambda c: _matches((*c, 0), attribute, x))
-            objects += _place(rng, combos, rng.randint(max(0, 1 - k), MAX_OBJECTS - k), used,
-                              lambda c: not _matches((*c, 0), attribute, x))  # fmt: skip
+            objects += _place(
+                rng,
+                combos,
+                rng.randint(max(0, 1 - k), MAX_OBJECTS - k),
+                used,
+                lambda c: not _matches((*c, 0), attribute, x),
+            )
             return tuple(objects), Question(family, (attribute, x))
         y = rng.choice([v for v in sorted({c[0] if attribute == "colour" else c[1] for c in combos}) if v != x])
-        nx, ny = rng.choice([(i, j) for i in range(5) for j in range(5) if 1 <= i + j <= 4 and (i > j) == (target == "yes")])
+        nx, ny = rng.choice(
+            [(i, j) for i in range(5) for j in range(5) if 1 <= i + j <= 4 and (i > j) == (target == "yes")]
+        )
         objects = _place(rng, combos, nx, used, lambda c: _matches((*c, 0), attribute, x))
         objects += _place(rng, combos, ny, used, lambda c: _matches((*c, 0), attribute, y))
-        objects += _place(rng, combos, rng.randint(0, MAX_OBJECTS - nx - ny), used,
-                          lambda c: not _matches((*c, 0), attribute, x) and not _matches((*c, 0), attribute, y))  # fmt: skip
+        objects += _place(
+            rng,
+            combos,
+            rng.randint(0, MAX_OBJECTS - nx - ny),
+            used,
+            lambda c: not _matches((*c, 0), attribute, x) and not _matches((*c, 0), attribute, y),
+        )
         return tuple(objects), Question(family, (attribute, x, y))
     relation = rng.choice(RELATIONS)
     if family == "relation":

@@ -32,7 +32,8 @@ from nanovlm.run.config import check_value
 PAD, EOS = "[PAD]", "[EOS]"
 QUESTION_WORDS: tuple[str, ...] = (
     "is", "there", "a", "the", "how", "many", "are", "what", "colour", "shape", "more", "than", "of", "thing",
-    "things", "?", *(w for r in RELATIONS for w in r.split() if w != "of"), *COLOURS, *SHAPES, *(f"{s}s" for s in SHAPES),
+    "things", "?", *(w for r in RELATIONS for w in r.split() if w != "of"), *COLOURS, *SHAPES,
+    *(f"{s}s" for s in SHAPES),
 )  # fmt: skip
 VOCAB: tuple[str, ...] = tuple(dict.fromkeys((CLS, PAD, EOS, *QUESTION_WORDS, "yes", "no", *NUMBERS)))
 MAX_LEN = 13  # BOS + the longest question (11 words: "what colour is the circle left of the blue square ?") + EOS
@@ -63,7 +64,7 @@ class QuestionTokenizer:
         if unknown:
             known = ", ".join(w for w in self.vocab if w not in (CLS, PAD, EOS))
             raise ValueError(f"question: unknown word(s) {unknown} in {text!r}; the vocabulary is: {known}")
-        ids = [self.bos_id, *(self.ids[w] for w in words)][: self.max_len - 1] + [self.eos_id]
+        ids = [*[self.bos_id, *(self.ids[w] for w in words)][: self.max_len - 1], self.eos_id]
         return torch.tensor(ids + [self.pad_id] * (self.max_len - len(ids)), dtype=torch.long)
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
@@ -98,7 +99,9 @@ def render_scenes(scenes: Sequence[Scene]) -> torch.Tensor:
     """[N, 3, 32, 32] uint8: each scene as the sum of the seed world's one-object images (cells never overlap and
     the background is 0, so a sum draws them all)."""
     sprites, _, _ = build_tensors()  # [243, 3, 32, 32] float, (colour, shape, position) order
-    sprites = torch.cat([sprites.mul(255).round().to(torch.uint8), torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)])
+    sprites = torch.cat(
+        [sprites.mul(255).round().to(torch.uint8), torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)]
+    )
     blank = len(sprites) - 1
     colours, n_pos = list(COLOURS), len(POSITIONS)
     index = torch.full((len(scenes), 4), blank, dtype=torch.long)
@@ -142,7 +145,11 @@ class VQADataModule(L.LightningDataModule):
             parts = [(n_train, ALL_COMBOS, 0), (n_val, ALL_COMBOS, 0)]
         else:  # train on A; validate on B and on held-out A images
             parts = [(n_train, cogent_combos("A"), 0), (n_val, cogent_combos("B"), 1), (n_val, cogent_combos("A"), 0)]
-        items = [(*item, cond) for k, (n, combos, cond) in enumerate(parts) for item in generate(n, combos, split_seed * 10 + k)]
+        items = [
+            (*item, cond)
+            for k, (n, combos, cond) in enumerate(parts)
+            for item in generate(n, combos, split_seed * 10 + k)
+        ]
         self.scenes: list[Scene] = [s for s, _, _, _ in items]
         self.questions: list[Question] = [q for _, q, _, _ in items]
         self.texts = [q.text for q in self.questions]
@@ -186,7 +193,9 @@ class VQADataModule(L.LightningDataModule):
 
     def _loader(self, indices: torch.Tensor, shuffle: bool) -> DataLoader:
         # Batches of indices; the batch dict is sliced from the device tensors in one go per batch.
-        return DataLoader(indices, batch_size=self.batch_size, shuffle=shuffle, collate_fn=lambda ix: self.batch(torch.stack(ix)))
+        return DataLoader(
+            indices, batch_size=self.batch_size, shuffle=shuffle, collate_fn=lambda ix: self.batch(torch.stack(ix))
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_idx, shuffle=True)

@@ -22,7 +22,9 @@ from nanovlm.data.vqa import VQADataModule
 
 
 @torch.no_grad()
-def predict(model: L.LightningModule, datamodule: VQADataModule, index: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def predict(
+    model: L.LightningModule, datamodule: VQADataModule, index: torch.Tensor, chunk: int = 1024
+) -> torch.Tensor:
     """[len(index)] the model's answer ids (into ANSWERS) for the world's items `index`."""
     was_training = model.training
     model.eval()
@@ -59,8 +61,11 @@ def draw_examples(path: Path, images: torch.Tensor, questions: list[str], predic
         ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
         ok = said == truth
         verdict = f"model: {said}" + ("" if ok else f"   truth: {truth}")
-        ax.set_title("\n".join(textwrap.wrap(question, 30)) + "\n" + verdict, fontsize=9,
-                     color="darkgreen" if ok else "firebrick")  # fmt: skip
+        ax.set_title(
+            "\n".join(textwrap.wrap(question, 30)) + "\n" + verdict,
+            fontsize=9,
+            color="darkgreen" if ok else "firebrick",
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -78,8 +83,13 @@ def draw_val_examples(model: L.LightningModule, datamodule: VQADataModule, path:
     chosen = index[example_items(predicted == truth, n)]
     said = predict(model, datamodule, chosen)
     images = datamodule.images(chosen.to(datamodule.pixels.device)).cpu()
-    return draw_examples(path, images, [datamodule.texts[i] for i in chosen.tolist()], [ANSWERS[i] for i in said.tolist()],
-                         [datamodule.answers[i] for i in chosen.tolist()])  # fmt: skip
+    return draw_examples(
+        path,
+        images,
+        [datamodule.texts[i] for i in chosen.tolist()],
+        [ANSWERS[i] for i in said.tolist()],
+        [datamodule.answers[i] for i in chosen.tolist()],
+    )
 
 
 class VQAExamples(L.Callback):
@@ -93,7 +103,9 @@ class VQAExamples(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        path = draw_val_examples(pl_module, trainer.datamodule, Path(trainer.default_root_dir) / "plots" / "vqa_examples.png", self.n)
+        path = draw_val_examples(
+            pl_module, trainer.datamodule, Path(trainer.default_root_dir) / "plots" / "vqa_examples.png", self.n
+        )
         if trainer.logger is not None and hasattr(trainer.logger, "log_image"):
             trainer.logger.log_image(key="plots/vqa_examples", images=[str(path)], step=trainer.global_step)
 
@@ -128,9 +140,13 @@ def evaluate_vqa(model: L.LightningModule, datamodule: VQADataModule, cfg: Any, 
         known = all_questions().get(datamodule.tokenizer.decode(tokens[0]))
         if index is not None and known is not None:
             truth = answer(datamodule.scenes[index], known)
-            line += f"   (the scene's answer: {truth if truth is not None else 'none, the question names no unique object'})"
+            said_truth = truth if truth is not None else "none, the question names no unique object"
+            line += f"   (the scene's answer: {said_truth})"
             results["truth"] = truth
-        print(f"question    {cfg.question}\nimage       {cfg.image}" + (f"  {datamodule.scenes[index]}" if index is not None else ""))
+        print(
+            f"question    {cfg.question}\nimage       {cfg.image}"
+            + (f"  {datamodule.scenes[index]}" if index is not None else "")
+        )
         print(line)
         results.update(question=cfg.question, image=str(cfg.image), answer=said)
     index = datamodule.val_idx
@@ -138,10 +154,18 @@ def evaluate_vqa(model: L.LightningModule, datamodule: VQADataModule, cfg: Any, 
     condition, family = datamodule.condition[index], datamodule.family[index]
     target = 1 if bool((condition == 1).any()) else 0
     accuracy = {"vqa_acc": float(right[condition == target].float().mean())}
-    accuracy.update({f"vqa_acc_{f}": float(right[(condition == target) & (family == i)].float().mean()) for i, f in enumerate(FAMILIES)})
+    accuracy.update(
+        {
+            f"vqa_acc_{f}": float(right[(condition == target) & (family == i)].float().mean())
+            for i, f in enumerate(FAMILIES)
+        }
+    )
     if target == 1:
         accuracy["vqa_acc_A"] = float(right[condition == 0].float().mean())
-    print("val         " + "  ".join(f"{k.removeprefix('vqa_acc_') if k != 'vqa_acc' else 'all'} {v:.3f}" for k, v in accuracy.items()))
+    print(
+        "val         "
+        + "  ".join(f"{k.removeprefix('vqa_acc_') if k != 'vqa_acc' else 'all'} {v:.3f}" for k, v in accuracy.items())
+    )
     results["val"] = accuracy
     if cfg.plots:
         results["picture"] = str(draw_val_examples(model, datamodule, out_dir / "vqa_examples.png"))

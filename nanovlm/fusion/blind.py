@@ -20,6 +20,8 @@ class BlindFusion(nn.Module):
         self.text_encoder = text_encoder
         self.mlp = answer_mlp(text_encoder.embed_dim, n_answers, hidden, dropout)
 
-    def forward(self, image_emb: torch.Tensor | None, image_tokens: torch.Tensor | None, questions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, image_emb: torch.Tensor | None, image_tokens: torch.Tensor | None, questions: torch.Tensor
+    ) -> torch.Tensor:
         """[B, A] answer logits from question tokens [B, L]; the image arguments are ignored (None from the task)."""
         return self.mlp(self.text_encoder(questions))

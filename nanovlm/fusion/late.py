@@ -29,7 +29,9 @@ class LateFusion(nn.Module):
 
     uses_image = True
 
-    def __init__(self, text_encoder: nn.Module, embed_dim: int, n_answers: int, hidden: int = 256, dropout: float = 0.0):
+    def __init__(
+        self, text_encoder: nn.Module, embed_dim: int, n_answers: int, hidden: int = 256, dropout: float = 0.0
+    ):
         super().__init__()
         self.text_encoder = text_encoder
         self.mlp = answer_mlp(embed_dim + text_encoder.embed_dim, n_answers, hidden, dropout)

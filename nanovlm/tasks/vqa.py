@@ -155,7 +155,9 @@ class VQA(L.LightningModule):
         if count.sum() == 0:  # pragma: no cover - an empty val split
             return
         target = 1 if count[1].sum() > 0 else 0  # CoGenT: condition B is what val/vqa_acc reports
-        metrics = {f"val/vqa_acc_{f}": correct[target, i] / count[target, i].clamp(min=1) for i, f in enumerate(FAMILIES)}
+        metrics = {
+            f"val/vqa_acc_{f}": correct[target, i] / count[target, i].clamp(min=1) for i, f in enumerate(FAMILIES)
+        }
         if target == 1:
             metrics["val/vqa_acc_A"] = correct[0].sum() / count[0].sum().clamp(min=1)
         self.log("val/vqa_acc", correct[target].sum() / count[target].sum(), prog_bar=True)
@@ -167,7 +169,10 @@ class VQA(L.LightningModule):
     def summary_lines(self, metrics: dict[str, float]) -> list[str]:
         """What train() prints at the end (instead of retrieval recall)."""
         families = "  ".join(f"{f} {metrics.get(f'val/vqa_acc_{f}', float('nan')):.3f}" for f in FAMILIES)
-        lines = [f"final val      VQA accuracy {metrics.get('val/vqa_acc', float('nan')):.3f}", f"per family     {families}"]
+        lines = [
+            f"final val      VQA accuracy {metrics.get('val/vqa_acc', float('nan')):.3f}",
+            f"per family     {families}",
+        ]
         if "val/vqa_acc_A" in metrics:
             lines[0] += f"  (CoGenT condition B; held-out condition A {metrics['val/vqa_acc_A']:.3f})"
         return lines
