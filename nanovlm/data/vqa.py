@@ -112,7 +112,7 @@ def render_scenes(scenes: Sequence[Scene]) -> torch.Tensor:
 
 
 class VQADataModule(L.LightningDataModule):
-    """The question world, generated in memory (about a second for 27k questions), served as tensor slices.
+    """The question world, generated in memory at start-up, served as tensor slices.
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
     train; `split_seed` seeds the generation (train and val are drawn with seeds of their own)."""
 
