@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
-from nanovlm.data.questions import ANSWERS, FAMILIES, FAMILY_ANSWERS
+from nanovlm.data.questions import ANSWERS, FAMILIES, FAMILY_ANSWERS, all_questions
 from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, cell_box
 from nanovlm.data.tokenizer import tokenizer_from_state
 from nanovlm.data.vqa import MAX_LEN, QuestionTokenizer, VQADataModule, cogent_combos
@@ -260,9 +260,12 @@ def prior_accuracy(world: VQADataModule) -> dict[str, float]:
 def test_blind_matches_the_answer_prior_of_each_family(make_cfg):
     from nanovlm.run.training import train
 
-    settings = ["data.n_questions=12000", "data.split_seed=0"]
+    # Most question forms' answers are near uniform, so both accuracies sit near chance and differ by sampling noise:
+    # a large val split (about 5,300 questions per family) keeps that noise well inside the 0.03 bar.
+    world = {"n_questions": 40000, "val_fraction": 0.8, "split_seed": 0}
+    settings = [f"data.{k}={v}" for k, v in world.items()]
     metrics = train(make_cfg("data=vqa", "fusion=blind", "trainer.max_epochs=10", *settings))
-    prior = prior_accuracy(VQADataModule(n_questions=12000, split_seed=0))
+    prior = prior_accuracy(VQADataModule(**world))
     for family in FAMILIES:
         assert abs(metrics[f"val/vqa_acc_{family}"] - prior[family]) <= 0.03, (family, metrics, prior)
 
@@ -288,3 +291,11 @@ def test_image_init_copies_a_checkpoints_image_encoder_and_freezes_it(tmp_path):
     assert all(p.requires_grad for p in task.fusion.parameters())
     with pytest.raises(ValueError, match=r"model.image_init: no checkpoint file at"):
         VQA(fresh, fusion, torch.optim.AdamW, image_init=str(tmp_path / "missing.ckpt"))
+
+
+def test_every_question_the_families_can_ask_fits_the_tokenizer_whole():
+    tok = QuestionTokenizer()
+    for text in all_questions():
+        ids = tok.encode(text)
+        assert ids[-1] == tok.pad_id or ids[-1] == tok.eos_id
+        assert tok.decode(ids) == text

@@ -36,7 +36,7 @@ QUESTION_WORDS: tuple[str, ...] = (
     *(f"{s}s" for s in SHAPES),
 )  # fmt: skip
 VOCAB: tuple[str, ...] = tuple(dict.fromkeys((CLS, PAD, EOS, *QUESTION_WORDS, "yes", "no", *NUMBERS)))
-MAX_LEN = 13  # BOS + the longest question (11 words: "what colour is the circle left of the blue square ?") + EOS
+MAX_LEN = 14  # BOS + the longest question (12 words: "what shape is the red thing left of the blue square ?") + EOS
 SPLITS: tuple[str, ...] = ("random", "cogent")
 ALL_COMBOS: tuple[Combo, ...] = tuple(itertools.product(COLOURS, SHAPES))
 
