@@ -151,7 +151,11 @@ class VQA(L.LightningModule):
         self._count.view(-1).index_add_(0, where, torch.ones_like(right))
 
     def on_validation_epoch_end(self) -> None:
-        correct, count = self._correct, self._count
+        # Summed over processes under DDP (each validated its own share of the questions); as is on one device.
+        correct, count = (
+            self.trainer.strategy.reduce(t.clone(), reduce_op="sum") for t in (self._correct, self._count)
+        )
+        self._correct.zero_(), self._count.zero_()
         if count.sum() == 0:  # pragma: no cover - an empty val split
             return
         target = 1 if count[1].sum() > 0 else 0  # CoGenT: condition B is what val/vqa_acc reports
@@ -162,7 +166,6 @@ class VQA(L.LightningModule):
             metrics["val/vqa_acc_A"] = correct[0].sum() / count[0].sum().clamp(min=1)
         self.log("val/vqa_acc", correct[target].sum() / count[target].sum(), prog_bar=True)
         self.log_to_loggers(metrics)
-        correct.zero_(), count.zero_()
         if not self.trainer.sanity_checking:
             self.validated_step = self.global_step
 
