@@ -21,7 +21,7 @@ def main() -> int:
     parser.add_argument("--collect", type=Path, help="tabulate an existing multirun dir instead of running")
     parser.add_argument("--no-wandb", action="store_true", help="skip the W&B sweep-summary run")
     parser.add_argument("--wandb-sweep", action="store_true", help="write a W&B sweep YAML instead of running")
-    opts = parser.parse_args()
+    opts = parser.parse_intermixed_args()  # overrides may come before or after the flags
     named = dict(a.split("=", 1) for a in opts.args if a.split("=", 1)[0] in ("sweep", "launcher"))
     if opts.collect:  # with sweep=<name>, tabulate with that spec instead of the one saved in the dir
         spec = load_spec(named["sweep"]) if "sweep" in named else None

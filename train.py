@@ -18,6 +18,9 @@ def main(cfg: DictConfig) -> float:
         from nanovlm.run import preflight  # torch, not yet Lightning (~3x as long to import)
 
         preflight.check(cfg)  # no GPU, too many devices, a learning rate torch refuses
+        from nanovlm.run import tracking
+
+        tracking.warm_up(cfg)  # W&B's service starts beside the import below (docs/performance.md)
         # Lightning loads here, in the job: a parallel launcher's main process never needs it.
         from nanovlm.run.training import train
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from nanovlm.bench import figures, loops
+from nanovlm.bench import figures, loops, table
 from nanovlm.run.config import ConfigError, validate
 from nanovlm.run.training import train
 from tests.conftest import REPO, user_env
@@ -26,8 +26,8 @@ def test_epoch_timer_splits_train_and_validation() -> None:
 
 
 def test_steady_drops_the_warm_up_epoch_and_cell_shows_the_range() -> None:
-    assert figures.steady([9.0, 1.0, 3.0, 2.0]) == 2.0
-    assert figures.cell([0.2, 0.1, 0.4]) == "0.200 s (0.100–0.400, n=3)"
+    assert table.steady([9.0, 1.0, 3.0, 2.0]) == 2.0
+    assert table.cell([0.2, 0.1, 0.4]) == "0.200 s (0.100–0.400, n=3)"
 
 
 @pytest.mark.slow

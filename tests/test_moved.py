@@ -128,3 +128,12 @@ def test_an_old_contrastive_config_resumes_as_the_diagonal_only_loss_it_trained_
     assert upgrade_config(today)["loss"]["multi_positive"] is True
     captioner = {"loss": {"_target_": "nanovlm.captioning.CaptionLoss"}, "model": {}}
     assert "multi_positive" not in upgrade_config(captioner)["loss"]
+
+
+@pytest.mark.parametrize(("old", "new"), [("nanovlm.losses", "nanovlm.objectives.contrastive"),
+                                          ("nanovlm.module", "nanovlm.tasks.dual_encoder")])  # fmt: skip
+def test_an_old_python_import_names_where_the_module_went(old: str, new: str) -> None:
+    import importlib
+
+    with pytest.raises(ModuleNotFoundError, match=rf"^{old} moved to {new}$"):
+        importlib.import_module(old)

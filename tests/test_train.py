@@ -18,6 +18,13 @@ def test_train_py_runs_end_to_end_and_logs_to_wandb_offline(default_cli_run, mak
     assert result.returncode == 0, result.stderr[-3000:]
     assert "final val R@1" in result.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    # How the run read its texts, beside the checkpoints and inside them: what evaluation and resume rebuild.
+    from nanovlm.data.shapes import ShapesDataModule
+
+    tokenizer = json.loads((run_dir / "tokenizer.json").read_text())
+    assert tokenizer == ShapesDataModule.world_tokenizer().state()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["nanovlm"]["tokenizer"] == tokenizer
     run = inspect_wandb_run(run_dir)
     assert run["state"] == "finished" and run["project"] == "nanovlm" and run["name"] == "cnn-mean-clip"
     assert run["config"]["model"]["embed_dim"] == defaults.model.embed_dim  # the composed config, as W&B's config

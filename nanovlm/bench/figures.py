@@ -1,6 +1,6 @@
 """Benchmark: what the Lightning training path costs over a minimal plain-PyTorch loop.
 
-    python -m nanovlm.bench                 # all five figures, several repeats; writes outputs/bench.md
+    python -m nanovlm.bench                 # all six figures, several repeats; writes outputs/bench.md
     python -m nanovlm.bench --only e        # one figure: (e), the scenes epoch
     python -m nanovlm.bench --quick         # seconds: (a) and (c) only, 2 repeats, few epochs
 
@@ -13,7 +13,9 @@
 (c) process start to the first training step of `python train.py`;
 (d) `python sweep.py sweep=temperature_dim`, serial vs `launcher=joblib`, and the ceiling that this machine's cores
     put on that speed-up: one plain fit on all threads vs two fits at once on half the threads each;
-(e) as (a), on the scenes world with its headline model (mha text encoder, hard negatives, order held out).
+(e) as (a), on the scenes world with its headline model (mha text encoder, hard negatives, order held out);
+(f) whole-process wall time of the default run as a user types it (`python train.py`: 100 epochs, W&B offline,
+    pictures) vs `python -m nanovlm.bench --plain trainer.max_epochs=100` (nanovlm.bench.processes).
 Machines are noisy, so every figure is a median with its range, and the ratios are the headline.
 """
 
@@ -34,42 +36,8 @@ import lightning as L
 import torch
 
 from nanovlm.bench.loops import QUIET, compose_cfg, lightning_run, plain_run
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-# --- Statistics and the table --------------------------------------------------------------------------------------
-
-
-def summary(values: Sequence[float]) -> tuple[float, float, float]:
-    """(median, min, max)."""
-    return statistics.median(values), min(values), max(values)
-
-
-def cell(values: Sequence[float], unit: str = "s") -> str:
-    med, lo, hi = summary(values)
-    fmt = ".3f" if med < 1 else ".2f" if med < 10 else ".1f"
-    return f"{med:{fmt}} {unit} ({lo:{fmt}}–{hi:{fmt}}, n={len(values)})"
-
-
-def steady(per_epoch: Sequence[float]) -> float:
-    """Median epoch time without the first epoch (warm-up: first-call allocations, lazy inits)."""
-    return statistics.median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)
-
-
-Row = tuple[str, str, str, str, str]  # figure, Lightning, plain / parallel, ratio, target
-
-
-def ratio_cell(a: Sequence[float], b: Sequence[float]) -> tuple[str, float]:
-    ratio = statistics.median(a) / statistics.median(b)
-    return f"{ratio:.2f}x", ratio
-
-
-def markdown(rows: Sequence[Row], header: str) -> str:
-    lines = [header, "", "| figure | nanovlm (Lightning) | reference | ratio | target |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
+from nanovlm.bench.processes import REPO, bench_default_run, bench_time_to_target, timed
+from nanovlm.bench.table import Row, cell, markdown, ratio_cell, steady
 
 # --- The four figures ----------------------------------------------------------------------------------------------
 
@@ -117,43 +85,6 @@ def bench_epochs(epochs: int, repeats: int, tmp: Path, figure: str = "(a)") -> t
     return rows, ratios
 
 
-def _timed(command: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return elapsed, proc
-
-
-def bench_time_to_target(target: float, repeats: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
-    """(b): whole processes, imports included; train.py with W&B off and with W&B offline."""
-    times: dict[str, list[float]] = {"none": [], "wandb": [], "plain": []}
-    for r in range(repeats):
-        for logger in ("none", "wandb"):
-            run_dir = tmp / f"ttt_{logger}{r}"
-            args = [f"run_dir={run_dir}", f"logger={logger}", f"stop_at_recall={target}", "trainer.max_epochs=300"]
-            elapsed, _ = _timed([sys.executable, str(REPO / "train.py"), *args], tmp)
-            times[logger].append(elapsed)
-        elapsed, _ = _timed([sys.executable, "-m", "nanovlm.bench", "--plain", "--stop-at", str(target)], tmp)
-        times["plain"].append(elapsed)
-    rows, ratios = [], {}
-    for logger, label in (("none", "W&B off"), ("wandb", "W&B offline")):
-        text, ratio = ratio_cell(times[logger], times["plain"])
-        ratios[f"(b) time to target, {label}"] = ratio
-        rows.append(
-            (
-                f"(b) `train.py` to val R@1 >= {target}, {label}",
-                cell(times[logger]),
-                f"plain script {cell(times['plain'])}",
-                text,
-                "<= 1.5x",
-            )
-        )
-    return rows, ratios
-
-
 def bench_first_step(
     repeats: int, tmp: Path, loggers: Sequence[str] = ("none", "wandb")
 ) -> tuple[list[Row], dict[str, float]]:
@@ -167,7 +98,7 @@ def bench_first_step(
                 "+callbacks.clock._target_=nanovlm.bench.loops.FirstStepClock", f"+callbacks.clock.path={stamp}",
             ]  # fmt: skip
             start = time.time()
-            _timed([sys.executable, str(REPO / "train.py"), *args], tmp)
+            timed([sys.executable, str(REPO / "train.py"), *args], tmp)
             times[logger].append(float(stamp.read_text()) - start)
     rows = [
         (f"(c) import to first step, {label}", cell(times[logger]), "", "", "<= 5 s")
@@ -187,7 +118,7 @@ def bench_sweep(epochs: int, tmp: Path) -> tuple[list[Row], dict[str, float]]:
         args = ["sweep=temperature_dim", f"trainer.max_epochs={epochs}", "logger=none"]
         if launcher == "joblib":
             args.append("launcher=joblib")
-        times[launcher] = [_timed([sys.executable, str(REPO / "sweep.py"), *args], tmp)[0]]
+        times[launcher] = [timed([sys.executable, str(REPO / "sweep.py"), *args], tmp)[0]]
     text, _ = ratio_cell(times["basic"], times["joblib"])
     speedup = statistics.median(times["basic"]) / statistics.median(times["joblib"])
     row = (
@@ -259,6 +190,7 @@ def run_bench(
                 "c": lambda: bench_first_step(3, tmp),
                 "d": lambda: both(bench_sweep(sweep_epochs, tmp), bench_parallel_bound(sweep_epochs, 3)),
                 "e": lambda: bench_epochs(3, 3, tmp, "(e)"),
+                "f": lambda: bench_default_run(100, 3, tmp),
             }
         )
         for letter, part in parts.items():

@@ -25,13 +25,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from nanovlm.data.datamodule import Gallery, WorldDataModule
-from nanovlm.evaluate.metrics import hard_negative_accuracy
+from nanovlm.evaluate.captions import evaluate_captioner
 from nanovlm.evaluate.plots import embed_gallery
-from nanovlm.evaluate.retrieval import hard_negatives, retrieval, retrieval_from_scores
+from nanovlm.evaluate.retrieval import gallery_texts, hard_negatives, retrieval, split_rows
 from nanovlm.evaluate.zero_shot import world_attributes, zero_shot
-from nanovlm.models.decoder import likelihood_passes
-from nanovlm.objectives.captioning import MAX_LIKELIHOOD_PAIRS
-from nanovlm.run import checkpoints
+from nanovlm.run import saved
 from nanovlm.tasks.captioner import Captioner
 from nanovlm.tasks.dual_encoder import DualEncoder
 
@@ -55,13 +53,13 @@ def load_model(path: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"ckpt: no checkpoint file at {str(path)!r}")
-    checkpoint = checkpoints.load_checkpoint(path, key="ckpt")
-    config = checkpoints.saved_config(checkpoint)
+    checkpoint = saved.load_checkpoint(path, key="ckpt")
+    config = saved.saved_config(checkpoint)
     if config is None:
         raise ValueError(f"ckpt: {str(path)!r} has no 'nanovlm' config entry; was it written by nanovlm's train.py?")
     from nanovlm.run.training import build_model
 
-    model = build_model(OmegaConf.create(config), checkpoints.saved_tokenizer(checkpoint))
+    model = build_model(OmegaConf.create(config), saved.saved_tokenizer(checkpoint))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -91,23 +89,6 @@ def load_image(spec: str, datamodule: WorldDataModule) -> tuple[torch.Tensor, st
     return pixels.permute(2, 0, 1).float().div(255), f"file {spec}"  # [3, H, W]
 
 
-def split_rows(datamodule: WorldDataModule, gallery: Gallery) -> dict[str, torch.Tensor]:
-    """{split: gallery rows of its images}: train, val and all for a whole-world gallery; val alone for a val one."""
-    image_index = gallery.image_index.cpu()
-    rows = {}
-    for split, idx in (("train", datamodule.train_idx), ("val", datamodule.val_idx)):
-        found = torch.nonzero(torch.isin(image_index, idx.cpu())).flatten()
-        if len(found):
-            rows[split] = found
-    rows["all"] = torch.arange(len(image_index))
-    return rows
-
-
-def gallery_texts(datamodule: WorldDataModule, gallery: Gallery) -> list[str]:
-    """The caption text of each gallery column."""
-    return [datamodule.captions[int(c)] for c in gallery.caption_index.tolist()]
-
-
 def world_embeddings(
     model: DualEncoder, datamodule: WorldDataModule, gallery: Gallery, image_emb: torch.Tensor, text_emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,17 +101,6 @@ def world_embeddings(
     with torch.no_grad():
         images = model.encode_images(datamodule.images).float().cpu()
     return images, embed_gallery(model, datamodule.images[:1], datamodule.tokens)[1]
-
-
-def _table(rows: dict[str, dict[str, float]]) -> str:
-    head = f"{'':14}" + "".join(
-        f"{d + ' ' + k:>10}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean", "med")
-    )
-    lines = [head]
-    for name, m in rows.items():
-        cells = [m[f"{d}_{k}"] for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")]
-        lines.append(f"{name:14}" + "".join(f"{c:10.3f}" for c in cells))
-    return "\n".join(lines)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -182,7 +152,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         gallery_words = f"all {len(image_emb)}"
     scope = "the whole world" if datamodule.gallery_choice == "world" else "the val split"
     print(f"checkpoint  {cfg.ckpt}  (data.split={results['split']}; queries ranked against {gallery_words}: {scope})")
-    print(_table({names[s]: m for s, m in results["retrieval"].items()}))
+    print(table({names[s]: m for s, m in results["retrieval"].items()}))
     world_names = {"val": f"val ({len(datamodule.val_idx)})", "all": f"all ({len(datamodule.images)})"}
     for s, acc in results.get("zero_shot", {}).items():
         print(f"zero-shot {world_names[s]:10}" + "".join(f"  {a} {v:.3f}" for a, v in acc.items()))
@@ -255,68 +225,6 @@ def image_captions(
     for rank, (c, s) in enumerate(zip(found, top.values.tolist(), strict=True), 1):
         print(f"  {rank:2d}. {s:+.3f}  {c}")
     return {"captions": found, "scores": top.values.tolist()}
-
-
-@torch.no_grad()
-def evaluate_captioner(
-    model: Captioner, datamodule: WorldDataModule, image: tuple[torch.Tensor, str] | None, k: int, scores: bool = True
-) -> dict[str, Any]:
-    """A captioning checkpoint: the caption accuracy of each split (the same greedy decoding and CaptionAccuracy as
-    validation), the hard-negative accuracy and the retrieval recall under the model's own score (as validation),
-    and for `image=` the caption it writes and its top-k captions by that score. `scores=False` (loss=coca, whose
-    cosine numbers the contrastive report already gives) leaves out retrieval, hard negatives and the top-k."""
-    gallery = datamodule.gallery()
-    images, captions = model.read_images(gallery.images), model.read_captions(gallery.tokens)
-    splits = split_rows(datamodule, gallery)
-    names = {s: f"{s} ({len(idx)})" for s, idx in splits.items()}
-    written = model.write(images.memory, gallery.tokens)  # [N, L] one caption per image
-    first_caption = gallery.truth.float().argmax(dim=1)  # [N] the column of each image's (first) caption
-    results: dict[str, Any] = {"captions": {}}
-    for split, rows in splits.items():
-        metric = model.caption_metric()
-        metric.update(written[rows], gallery.tokens[first_caption[rows]], gallery.image_index[rows])
-        results["captions"][split] = {name: float(v) for name, v in metric.compute().items()}
-        print(f"captions  {names[split]:10}" + "".join(f"  {a} {v:.3f}" for a, v in results["captions"][split].items()))
-    passes = likelihood_passes(len(images.emb), gallery.tokens)
-    if scores and passes <= MAX_LIKELIHOOD_PAIRS:
-        matrix = model.score_matrix(images, captions)  # [N, C]
-        results["retrieval"] = {s: retrieval_from_scores(matrix, idx, gallery.truth) for s, idx in splits.items()}
-        print(f"retrieval by {model.loss.score}, queries ranked against the whole gallery")
-        print(_table({names[s]: m for s, m in results["retrieval"].items()}))
-    elif scores:
-        print(f"retrieval by likelihood skipped: {passes:,} decoder passes (more than {MAX_LIKELIHOOD_PAIRS:,})")
-    if scores and datamodule.negative_kinds:
-        results["hard_negatives"] = {}
-        for split in ("val", "all"):
-            rows = splits[split]
-            caption = datamodule.caption_of[gallery.image_index[rows]]  # [Q] each image's caption id
-            negatives = datamodule.caption_extras["negatives"][caption]  # [Q, K, L]
-            accuracy = hard_negative_accuracy(
-                model.pair_scores(images.take(rows), captions.take(gallery.columns(caption))),
-                model.negative_scores(images.take(rows), negatives),
-                datamodule.caption_extras["negative_valid"][caption],
-            )
-            results["hard_negatives"][split] = dict(zip(datamodule.negative_kinds, map(float, accuracy), strict=True))
-            print(
-                f"hard neg. {names[split]:10}"
-                + "".join(f"  {a} {v:.3f}" for a, v in results["hard_negatives"][split].items())
-            )
-    if image is not None:
-        picture, description = image
-        one = model.read_images(picture[None])
-        generated = datamodule.tokenizer.decode(model.write(one.memory, gallery.tokens)[0])
-        print(f"image       {description} -> generated caption: {generated!r}")
-        results["image"] = {"generated": generated}
-        if scores:
-            candidates = model.score_matrix(one, captions)[0]  # [C]
-            top = candidates.topk(min(k, len(candidates)))
-            texts = gallery_texts(datamodule, gallery)
-            found = [texts[i] for i in top.indices.tolist()]
-            print(f"image       {description} -> top {len(found)} captions by {model.loss.score}")
-            for rank, (c, s) in enumerate(zip(found, top.values.tolist(), strict=True), 1):
-                print(f"  {rank:2d}. {s:+.3f}  {c}")
-            results["image"].update({"captions": found, "scores": top.values.tolist()})
-    return results
 
 
 def parse_args(argv: list[str]) -> EvalConfig:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nanovlm.data.datamodule import WorldDataModule
+from nanovlm.data.datamodule import Gallery, WorldDataModule
 from nanovlm.evaluate.metrics import RetrievalRecall, hard_negative_accuracy
 
 if TYPE_CHECKING:
@@ -65,3 +65,32 @@ def hard_negatives(
     scores = (image_emb[items][:, None] * negative_emb).sum(-1)  # [Q, K]
     accuracy = hard_negative_accuracy(true, scores, datamodule.caption_extras["negative_valid"][caption])
     return {kind: float(a) for kind, a in zip(datamodule.negative_kinds, accuracy, strict=True)}
+
+
+def split_rows(datamodule: WorldDataModule, gallery: Gallery) -> dict[str, torch.Tensor]:
+    """{split: gallery rows of its images}: train, val and all for a whole-world gallery; val alone for a val one."""
+    image_index = gallery.image_index.cpu()
+    rows = {}
+    for split, idx in (("train", datamodule.train_idx), ("val", datamodule.val_idx)):
+        found = torch.nonzero(torch.isin(image_index, idx.cpu())).flatten()
+        if len(found):
+            rows[split] = found
+    if len(rows) != 1 or len(next(iter(rows.values()))) != len(image_index):  # "all" only where it adds something
+        rows["all"] = torch.arange(len(image_index))
+    return rows
+
+
+def gallery_texts(datamodule: WorldDataModule, gallery: Gallery) -> list[str]:
+    """The caption text of each gallery column."""
+    return [datamodule.captions[int(c)] for c in gallery.caption_index.tolist()]
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    head = f"{'':14}" + "".join(
+        f"{d + ' ' + k:>10}" for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean", "med")
+    )
+    lines = [head]
+    for name, m in rows.items():
+        cells = [m[f"{d}_{k}"] for d in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "mean_rank", "median_rank")]
+        lines.append(f"{name:14}" + "".join(f"{c:10.3f}" for c in cells))
+    return "\n".join(lines)

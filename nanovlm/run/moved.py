@@ -2,7 +2,7 @@
 
 A checkpoint stores the resolved config it was trained with, `_target_` strings included (`nanovlm.losses.ClipLoss`),
 and `nanovlm.evaluate` and `ckpt_path=` rebuild the model from it. `upgrade_config` rewrites such a config to today's
-paths, so an old checkpoint evaluates and resumes as it did; `checkpoints.saved_config` applies it wherever a saved
+paths, so an old checkpoint evaluates and resumes as it did; `saved.saved_config` applies it wherever a saved
 config is read. A `_target_` typed by a user in the old spelling (a yaml of their own, `+callbacks.x._target_=...`)
 is not rewritten silently: `config.check_target_node` refuses it in one line naming the new path (`moved_to`).
 

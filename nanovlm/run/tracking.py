@@ -43,6 +43,32 @@ def run_group(cfg: DictConfig) -> str | None:
     return None
 
 
+_warm_up: threading.Thread | None = None
+
+
+def warm_up(cfg: DictConfig) -> None:
+    """Start W&B's service process on a thread, beside the main thread's import of torch and Lightning.
+
+    `wandb.init` waits for a service process (W&B's own, another program) to start; that wait needs no CPU of
+    ours, so it runs while this process is busy importing. `build_logger` joins the thread before it starts the
+    run. Nothing happens without a logger, or on a DDP rank other than 0 (which logs nothing).
+    """
+    global _warm_up
+    if not cfg.get("logger") or _warm_up is not None or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+
+    def start_service() -> None:
+        try:
+            import wandb
+
+            wandb.setup()
+        except Exception:  # any failure shows again, with its own message, when build_logger starts the run
+            pass
+
+    _warm_up = threading.Thread(target=start_service, name="wandb-warm-up", daemon=True)
+    _warm_up.start()
+
+
 def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> Any:
     """A WandbLogger writing into the run dir, offline by default, its run already started; False when
     `logger=none`.
@@ -53,6 +79,8 @@ def build_logger(cfg: DictConfig, run_dir: Path, run_id: str | None = None) -> A
     """
     if not cfg.get("logger"):
         return False
+    if _warm_up is not None:
+        _warm_up.join()
     import wandb
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities import rank_zero_only

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanovlm.data.datamodule import WorldDataModule
 from nanovlm.data.tokenizer import TextTokenizer
-from nanovlm.run import checkpoints, console, preflight, tracking
+from nanovlm.run import checkpoints, console, preflight, saved, tracking
 from nanovlm.run.callbacks import ParamSummary, StopAtRecall, ValidateLastEpoch
 from nanovlm.run.cli import write_result
 from nanovlm.run.config import ConfigError, hydra_runtime, validate
@@ -81,10 +81,10 @@ def build(cfg: DictConfig) -> tuple[DualEncoder, WorldDataModule, dict[str, Any]
     checkpoint = None
     ckpt_path = cfg.get("ckpt_path") or preempted_checkpoint(Path(cfg.run_dir) if cfg.get("run_dir") else None)
     if ckpt_path:
-        path = checkpoints.resolve_ckpt_path(str(ckpt_path))
-        checkpoint = checkpoints.load_checkpoint(path)
-        checkpoints.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
-        checkpoints.check_tokenizer(checkpoint, datamodule.tokenizer, "ckpt_path", path)
+        path = saved.resolve_ckpt_path(str(ckpt_path))
+        checkpoint = saved.load_checkpoint(path)
+        saved.check_compatible(checkpoint, model, OmegaConf.to_container(cfg, resolve=True), path)
+        saved.check_tokenizer(checkpoint, datamodule.tokenizer, "ckpt_path", path)
         checkpoint["path"] = str(path)
     return model, datamodule, checkpoint
 
@@ -158,7 +158,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     torch.set_num_threads(torch_threads(cfg.get("torch_threads")))
     logger: Any = False
     try:
-        logger = tracking.build_logger(cfg, run_dir, checkpoints.wandb_run_id(resume_from) if resume_from else None)
+        logger = tracking.build_logger(cfg, run_dir, saved.wandb_run_id(resume_from) if resume_from else None)
         every_s = cfg.get("checkpoint_every_s", 0)
         callbacks = [
             checkpoints.BestCheckpoint(run_dir / "checkpoints", None, every_s=every_s),  # None: the model's monitor
@@ -215,7 +215,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         raise
     tracking.finish(logger, exit_code=0)
     _write_result(run_dir, {"status": "ok", "metrics": metrics})
-    _print_summary(metrics, run_dir, logger, getattr(model, "summary_lines", None))
+    scope = "the whole world" if getattr(datamodule, "gallery_choice", "world") == "world" else "the val split"
+    _print_summary(metrics, run_dir, logger, scope, getattr(model, "summary_lines", None))
     return metrics
 
 
@@ -229,12 +230,16 @@ def _write_tokenizer(run_dir: Path, state: dict[str, Any]) -> None:
 
 @rank_zero_only
 def _print_summary(
-    metrics: dict[str, float], run_dir: Path, logger: Any, task_lines: Callable[[dict], list[str]] | None = None
+    metrics: dict[str, float],
+    run_dir: Path,
+    logger: Any,
+    gallery: str,
+    task_lines: Callable[[dict], list[str]] | None = None,
 ) -> None:
     """The end-of-run lines: retrieval recall (or a captioner's exact captions), or what the task says
     (`summary_lines`: VQA's accuracy), then where the run is."""
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
-    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: the whole world)"]
+    lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: {gallery})"]
     if math.isnan(i2t) and math.isnan(t2i) and "val/caption_exact" in metrics:  # a captioner that did not rank
         lines = [f"final val      caption exact {metrics['val/caption_exact']:.3f}  (R@1 not measured: loss.retrieval)"]
     if task_lines is not None:

@@ -270,7 +270,10 @@ def report(sweep_dir: Path, spec: SweepSpec | None = None, use_wandb: bool = Tru
     keys = [k for k in swept_keys(jobs) if k not in spec.average_over]
     heat_keys = spec.heatmap or (keys if len(keys) == 2 else [])
     images = []
-    if len(heat_keys) == 2:
+    missing = [k for k in heat_keys if any(k not in r for r in rows)]
+    if len(heat_keys) == 2 and missing:  # a one-job sweep, or one collected after its first job: no grid to draw
+        print(f"heatmap skipped: {', '.join(missing)} not varied among the {len(jobs)} job(s) found")
+    elif len(heat_keys) == 2:
         title = f"{spec.name}: {spec.metric} ({len(jobs)} jobs)"
         if spec.average_over:
             title += f"\nmean ± std over the runs in a cell ({', '.join(spec.average_over)}"
