@@ -27,11 +27,11 @@ from nanovlm.tasks.dual_encoder import OptimizerFactory, SchedulerFactory, weigh
 
 def load_image_encoder(image_encoder: nn.Module, path: str) -> None:
     """Copy a training checkpoint's image encoder (`image_encoder.*` of any nanovlm task) into `image_encoder`."""
-    from nanovlm.run import checkpoints
+    from nanovlm.run.saved import load_checkpoint
 
     if not Path(path).is_file():
         raise ValueError(f"model.image_init: no checkpoint file at {path!r}")
-    state = checkpoints.load_checkpoint(Path(path), key="model.image_init")["state_dict"]
+    state = load_checkpoint(Path(path), key="model.image_init")["state_dict"]
     weights = {k.removeprefix("image_encoder."): v for k, v in state.items() if k.startswith("image_encoder.")}
     try:
         image_encoder.load_state_dict(weights)
