@@ -56,8 +56,10 @@ def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
     if kind not in _REGISTRY:
         import importlib.util
 
-        if importlib.util.find_spec("nanovlm.data.subword") is not None:  # registers the subword kinds, only now
-            importlib.import_module("nanovlm.data.subword")
+        # The modules that register further kinds, imported only now: subword's, the question world's (vqa_words).
+        for module in ("nanovlm.data.subword", "nanovlm.data.vqa"):
+            if kind not in _REGISTRY and importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
     if kind not in _REGISTRY:
         raise ValueError(f"tokenizer kind {kind!r} is not one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind](state)

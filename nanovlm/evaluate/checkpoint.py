@@ -4,6 +4,7 @@ for a captioning checkpoint (loss=cap, loss=coca) also the captions it writes.
     python -m nanovlm.evaluate ckpt=outputs/<date>/<time>/checkpoints/last.ckpt
     python -m nanovlm.evaluate ckpt=... query="red circle top-left" top_k=5
     python -m nanovlm.evaluate ckpt=... image=17          # or image=path/to/32x32.png
+    python -m nanovlm.evaluate ckpt=<a data=vqa run> image=17 question="how many circles are there?"
 
 The checkpoint carries the resolved training config (`checkpoint["nanovlm"]["config"]`), so the same encoders,
 data split and gallery are rebuilt from it; nothing but weights and plain values is unpickled.
@@ -43,6 +44,7 @@ class EvalConfig:
     out: str | None = None  # where PNGs and metrics.json go; default: <run_dir>/eval next to checkpoints/
     query: str | None = None  # a caption -> its top_k images as a PNG grid
     image: str | None = None  # a gallery image index (0-242 for shapes) or a 32x32 image file -> its top_k captions
+    question: str | None = None  # a VQA checkpoint: with image=, print the model's answer (nanovlm.evaluate.vqa)
     top_k: int = 5
     plots: bool = True  # the embedding pictures and zero-shot confusion matrices
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # zeroshot.root=DIR: classify an ImageFolder
@@ -111,6 +113,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     datamodule: WorldDataModule = instantiate(train_cfg["data"])
     if model.tokenizer.state() != datamodule.tokenizer.state():
         raise ValueError(f"ckpt: {cfg.ckpt!r} was trained with another tokenizer than its data gives now")
+    if getattr(model, "task", None) == "vqa":  # answers, not rankings: nanovlm.evaluate.vqa
+        from nanovlm.evaluate.vqa import evaluate_vqa
+
+        return evaluate_vqa(model, datamodule, cfg, out_dir)
     if cfg.query is not None:  # fail before the work, not after it
         datamodule.tokenizer.encode(cfg.query)
     image = load_image(cfg.image, datamodule) if cfg.image is not None else None
@@ -230,7 +236,7 @@ def parse_args(argv: list[str]) -> EvalConfig:
     """`key=value` arguments (Hydra-style) onto EvalConfig; unknown keys and missing ckpt are errors."""
     bad = [a for a in argv if "=" not in a]
     if bad:
-        keys = "ckpt, out, query, image, top_k, plots, zeroshot.root, zeroshot.templates"
+        keys = "ckpt, out, query, image, question, top_k, plots, zeroshot.root, zeroshot.templates"
         raise ValueError(f"arguments are key=value (keys: {keys}), got {bad}")
     if not any(a.startswith("ckpt=") for a in argv):
         raise ValueError("ckpt is required: python -m nanovlm.evaluate ckpt=<a .ckpt from train.py> [key=value ...]")

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             *build_callbacks(cfg),
             *extra_callbacks,
         ]
-        if cfg.get("plots") and model.text_encoder is not None:  # pictures of both embeddings; loss=cap has one
+        # Pictures of both embeddings (loss=cap has one), or a task's own (`has_pictures`: VQA's example answers).
+        if cfg.get("plots") and getattr(model, "has_pictures", model.text_encoder is not None):
             callbacks.append(instantiate(cfg.plots))
         # Lightning's own summary would end in `Total FLOPs: 0` (see ParamSummary); ours replaces it.
         if cfg.trainer.get("enable_model_summary", True):
@@ -195,7 +196,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         if model.validated_step is not None:
             stale = model.validated_step != trainer.global_step
         else:
-            stale = "val/R@1" not in trainer.callback_metrics
+            stale = getattr(model, "monitor", "val/R@1") not in trainer.callback_metrics
         if stale:
             trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics = {**model.logged, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
@@ -215,7 +216,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     tracking.finish(logger, exit_code=0)
     _write_result(run_dir, {"status": "ok", "metrics": metrics})
     scope = "the whole world" if getattr(datamodule, "gallery_choice", "world") == "world" else "the val split"
-    _print_summary(metrics, run_dir, logger, scope)
+    _print_summary(metrics, run_dir, logger, scope, getattr(model, "summary_lines", None))
     return metrics
 
 
@@ -228,11 +229,21 @@ def _write_tokenizer(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 @rank_zero_only
-def _print_summary(metrics: dict[str, float], run_dir: Path, logger: Any, gallery: str) -> None:
+def _print_summary(
+    metrics: dict[str, float],
+    run_dir: Path,
+    logger: Any,
+    gallery: str,
+    task_lines: Callable[[dict], list[str]] | None = None,
+) -> None:
+    """The end-of-run lines: retrieval recall (or a captioner's exact captions), or what the task says
+    (`summary_lines`: VQA's accuracy), then where the run is."""
     i2t, t2i = metrics.get("val/i2t_R@1", float("nan")), metrics.get("val/t2i_R@1", float("nan"))
     lines = [f"final val R@1  image->text {i2t:.3f}  text->image {t2i:.3f}  (gallery: {gallery})"]
     if math.isnan(i2t) and math.isnan(t2i) and "val/caption_exact" in metrics:  # a captioner that did not rank
         lines = [f"final val      caption exact {metrics['val/caption_exact']:.3f}  (R@1 not measured: loss.retrieval)"]
+    if task_lines is not None:
+        lines = task_lines(metrics)
     hard = {k.removeprefix("val/hn_"): v for k, v in metrics.items() if k.startswith("val/hn_")}
     if hard:
         lines.append("hard negatives " + "  ".join(f"{kind} {v:.3f}" for kind, v in hard.items()))

@@ -1,0 +1,12 @@
+"""The fusion designs a VQA model can answer with (`fusion=`), one module each, all reading the image through the
+image encoder's `encode_with_tokens` (pooled embedding [B, D], token grid [B, N, C]) and returning answer logits
+[B, len(ANSWERS)]:
+
+- early.py   EarlyFusion: projected image tokens and question tokens in one transformer, prefix-LM (PaliGemma);
+- cross.py   CrossFusion: the captioners' TextDecoder reads the question as its prefix and cross-attends to the
+             image tokens (Flamingo / the Cap decoder), the answer is its next token;
+- late.py    LateFusion: the dual encoder's pooled image and question embeddings, concatenated, through an MLP;
+- blind.py   BlindFusion: the question embedding alone through the same MLP (the language-prior baseline).
+
+`uses_image` says whether a design reads the picture at all (blind does not: the task then never encodes it).
+"""

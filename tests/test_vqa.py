@@ -1,0 +1,301 @@
+"""The question world, the fusion designs and the VQA task, against hand-built cases.
+
+The answers are checked by a second, independent reading: the scene is decoded back from the pixels (colour of
+each cell's centre, shape from which corners of its box are filled) and the question is parsed from its text by
+regular expressions, then answered here without nanovlm.data.questions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+
+import pytest
+import torch
+
+from nanovlm.data.questions import ANSWERS, FAMILIES, FAMILY_ANSWERS, all_questions
+from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, cell_box
+from nanovlm.data.tokenizer import tokenizer_from_state
+from nanovlm.data.vqa import MAX_LEN, QuestionTokenizer, VQADataModule, cogent_combos
+from nanovlm.fusion.blind import BlindFusion
+from nanovlm.fusion.cross import CrossFusion
+from nanovlm.fusion.early import EarlyFusion, prefix_lm_mask
+from nanovlm.fusion.late import LateFusion
+from nanovlm.models.text import AttentionTextEncoder
+
+
+@pytest.fixture(scope="module")
+def world() -> VQADataModule:
+    return VQADataModule(n_questions=1200, val_fraction=0.25)
+
+
+# --- An independent reading of pictures and questions -------------------------------------------------------------
+
+
+def decode_scene(image: torch.Tensor) -> list[tuple[str, str, int]]:
+    """(colour, shape, cell) of every object drawn in a [3, 32, 32] uint8 image."""
+    palette = {name: torch.tensor(rgb) for name, rgb in COLOURS.items()}
+    objects = []
+    for cell, position in enumerate(POSITIONS):
+        x0, y0, x1, y1 = cell_box(position)
+        centre = image[:, (y0 + y1) // 2, (x0 + x1) // 2].int()
+        if centre.sum() == 0:
+            continue
+        colour = min(palette, key=lambda c: int((palette[c] - centre).abs().sum()))
+        top_left, bottom_left = image[:, y0, x0].sum() > 0, image[:, y1, x0].sum() > 0
+        shape = "square" if top_left else "triangle" if bottom_left else "circle"
+        objects.append((colour, shape, cell))
+    return objects
+
+
+def stands(relation: str, a: int, b: int) -> bool:
+    (ra, ca), (rb, cb) = divmod(a, 3), divmod(b, 3)
+    return {"left of": ca < cb, "right of": ca > cb, "above": ra < rb, "below": ra > rb}[relation]
+
+
+def the(scene, colour=None, shape=None, relation=None, anchor=None):
+    """The one object matching the description, or None if none or several do."""
+    found = [o for o in scene if colour in (None, o[0]) and shape in (None, o[1])]
+    if relation is not None:
+        a = the(scene, *anchor)
+        found = [] if a is None else [o for o in found if o != a and stands(relation, o[2], a[2])]
+    return found[0] if len(found) == 1 else None
+
+
+REL = "(left of|right of|above|below)"
+
+
+def answer_from_text(scene, text: str) -> str | None:
+    """The answer to the question `text`, read by regular expressions; None if it names no unique object."""
+
+    def count(word: str) -> int:
+        m = re.fullmatch(r"(\w+) things", word)
+        return sum(o[0] == m.group(1) for o in scene) if m else sum(o[1] + "s" == word for o in scene)
+
+    if m := re.fullmatch(r"is there a (\w+) (\w+)\?", text):
+        return "yes" if any(o[:2] == m.groups() for o in scene) else "no"
+    if m := re.fullmatch(r"how many (\w+(?: things)?) are there\?", text):
+        return str(count(m.group(1)))
+    if m := re.fullmatch(r"are there more (\w+(?: things)?) than (\w+(?: things)?)\?", text):
+        return "yes" if count(m.group(1)) > count(m.group(2)) else "no"
+    if m := re.fullmatch(rf"is the (\w+) (\w+) {REL} the (\w+) (\w+)\?", text):
+        a, b = the(scene, m.group(1), m.group(2)), the(scene, m.group(4), m.group(5))
+        return None if a is None or b is None else ("yes" if stands(m.group(3), a[2], b[2]) else "no")
+    if m := re.fullmatch(rf"what (colour|shape) is the (\w+)(?: thing)?(?: {REL} the (\w+) (\w+))?\?", text):
+        asked, key, relation, c2, s2 = m.groups()
+        described = {"shape": key} if asked == "colour" else {"colour": key}
+        o = the(scene, **described, relation=relation, anchor=(c2, s2)) if relation else the(scene, **described)
+        return None if o is None else (o[0] if asked == "colour" else o[1])
+    raise AssertionError(f"a question no family writes: {text!r}")
+
+
+# --- The world ----------------------------------------------------------------------------------------------------
+
+
+def test_every_answer_is_the_scenes_read_from_its_pixels(world):
+    for i in range(len(world.texts)):
+        scene = decode_scene(world.pixels[i])
+        assert sorted(scene) == sorted(world.scenes[i]), f"item {i}: the picture is not the scene"
+        assert answer_from_text(scene, world.texts[i]) == world.answers[i], f"item {i}: {world.texts[i]}"
+
+
+def test_scenes_hold_one_to_four_objects_in_distinct_cells(world):
+    sizes = Counter(len(s) for s in world.scenes)
+    assert set(sizes) == {1, 2, 3, 4}
+    assert all(len({o[2] for o in s}) == len(s) for s in world.scenes)
+
+
+@pytest.mark.parametrize("part", ["train_idx", "val_idx"])
+def test_answers_are_balanced_within_each_family(world, part):
+    index = getattr(world, part).tolist()
+    per_family = defaultdict(Counter)
+    for i in index:
+        per_family[world.questions[i].family][world.answers[i]] += 1
+    assert set(per_family) == set(FAMILIES)
+    for family, counts in per_family.items():
+        assert set(counts) == set(FAMILY_ANSWERS[family]), family
+        assert max(counts.values()) - min(counts.values()) <= 1, (family, counts)
+
+
+def test_cogent_conditions_are_disjoint_and_cover_every_word():
+    a, b = set(cogent_combos("A")), set(cogent_combos("B"))
+    assert not a & b and len(a | b) == len(COLOURS) * len(SHAPES)
+    for combos in (a, b):
+        assert {c for c, _ in combos} == set(COLOURS) and {s for _, s in combos} == set(SHAPES)
+    world = VQADataModule(split="cogent", n_questions=600, val_fraction=0.2)
+    for i in world.train_idx.tolist():
+        assert {o[:2] for o in world.scenes[i]} <= a
+    for i in world.val_idx.tolist():
+        assert {o[:2] for o in world.scenes[i]} <= (b if int(world.condition[i]) == 1 else a)
+    assert int((world.condition[world.val_idx] == 1).sum()) == 120 == int((world.condition[world.val_idx] == 0).sum())
+
+
+def test_question_tokenizer_pads_ends_and_round_trips():
+    tok = QuestionTokenizer()
+    ids = tok.encode("is there a red circle?")
+    words = ["is", "there", "a", "red", "circle", "?"]
+    assert ids.tolist() == [tok.bos_id, *(tok.ids[w] for w in words), tok.eos_id] + [tok.pad_id] * (MAX_LEN - 8)
+    assert tok.decode(ids) == "is there a red circle?"
+    assert tokenizer_from_state(tok.state()).state() == tok.state()
+    with pytest.raises(ValueError, match=r"unknown word.*'hexagon'.*the vocabulary is"):
+        tok.encode("is there a red hexagon?")
+
+
+def test_bad_split_is_one_line_naming_the_key():
+    with pytest.raises(ValueError, match=r"data.split must be one of random, cogent, got 'clevr'"):
+        VQADataModule(split="clevr", n_questions=60)
+
+
+# --- The fusion designs -------------------------------------------------------------------------------------------
+
+
+def test_prefix_lm_mask_prefix_sees_itself_answers_see_what_precedes_them():
+    blocked = prefix_lm_mask(3, 6)  # 3 prefix positions (image + question), 3 answer positions
+    allowed = [
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1],
+    ]
+    assert (~blocked).int().tolist() == allowed
+
+
+TOK = QuestionTokenizer()
+ANSWER_IDS = [TOK.ids[a] for a in ANSWERS]
+
+
+def questions(*texts: str, length: int = MAX_LEN) -> torch.Tensor:
+    tokens = TOK.encode_batch(texts)
+    return torch.cat([tokens, torch.full((len(texts), length - MAX_LEN), TOK.pad_id)], dim=1)
+
+
+def image_inputs(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 8, generator=g), torch.randn(b, 16, 12, generator=g)  # emb [B, D], tokens [B, N, C]
+
+
+def make(design: str, max_len: int = MAX_LEN + 4, max_answer_len: int = 3):
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=TOK.vocab_size, answer_ids=ANSWER_IDS, token_dim=12, num_tokens=16, embed_dim=8,
+                 max_len=max_len, pad_id=TOK.pad_id, eos_id=TOK.eos_id, width=16, depth=1, heads=2)  # fmt: skip
+    text = AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=max_len, pad_id=TOK.pad_id)
+    return {
+        "early": lambda: EarlyFusion(**sizes, max_answer_len=max_answer_len),
+        "cross": lambda: CrossFusion(**sizes),
+        "late": lambda: LateFusion(text, embed_dim=8, n_answers=len(ANSWERS), hidden=16),
+        "blind": lambda: BlindFusion(text, n_answers=len(ANSWERS), hidden=16),
+    }[design]().eval()
+
+
+@pytest.mark.parametrize("design", ["early", "cross", "late", "blind"])
+def test_each_design_answers_and_ignores_padding(design):
+    fusion = make(design)
+    emb, grid = image_inputs()
+    q = ("how many circles are there?", "what colour is the circle left of the blue square?")
+    logits = fusion(emb, grid, questions(*q))
+    assert logits.shape == (2, len(ANSWERS)) and torch.isfinite(logits).all()
+    longer = fusion(emb, grid, questions(*q, length=MAX_LEN + 3))  # more padding: the same answers
+    torch.testing.assert_close(longer, logits)
+    swapped = fusion(emb.flip(0), grid.flip(0), questions(*q))
+    reads_image = not torch.allclose(swapped[0], logits[0])
+    assert reads_image == (design != "blind")
+
+
+def test_early_fusion_prefix_sees_the_whole_question_and_answers_only_the_past():
+    fusion = make("early")
+    emb, grid = image_inputs(1)
+    q = questions("is there a red circle?")
+    answers = torch.tensor([[TOK.eos_id, TOK.ids["yes"], TOK.ids["no"]]])
+    base = fusion.sequence_logits(emb, grid, q, answers)
+    later = answers.clone()
+    later[0, 2] = TOK.ids["red"]  # a later answer token changes no earlier answer position
+    torch.testing.assert_close(fusion.sequence_logits(emb, grid, q, later)[:, :2], base[:, :2])
+    other = questions("is there a red square?")  # the last question word reaches the first answer position
+    assert not torch.allclose(fusion.sequence_logits(emb, grid, other, answers)[:, 0], base[:, 0])
+
+
+def test_cross_fusion_reads_the_answer_at_eos_blind_to_what_follows():
+    fusion = make("cross")
+    emb, grid = image_inputs(1)
+    q = questions("how many circles are there?")
+    garbage = q.clone()
+    garbage[0, 9:] = TOK.ids["red"]  # after EOS (position 7): causality keeps it out of the answer
+    torch.testing.assert_close(fusion(emb, grid, garbage), fusion(emb, grid, q))
+
+
+# --- The task -----------------------------------------------------------------------------------------------------
+
+
+def question_form(text: str) -> str:
+    """The question with its colour and shape words abstracted: what 'the same question form' means for the prior."""
+    words = []
+    for word in text.replace("?", " ?").split():
+        if word in COLOURS:
+            word = "<colour>"
+        elif word in SHAPES or word.removesuffix("s") in SHAPES:
+            word = "<shape>"
+        words.append(word)
+    return " ".join(words)
+
+
+def prior_accuracy(world: VQADataModule) -> dict[str, float]:
+    """Per family, the val accuracy of always answering the most common training answer of the question's form
+    (its family's most common answer for a form never seen in training)."""
+    by_form, by_family = defaultdict(Counter), defaultdict(Counter)
+    for i in world.train_idx.tolist():
+        by_form[question_form(world.texts[i])][world.answers[i]] += 1
+        by_family[world.questions[i].family][world.answers[i]] += 1
+    right, total = Counter(), Counter()
+    for i in world.val_idx.tolist():
+        family = world.questions[i].family
+        seen = by_form.get(question_form(world.texts[i])) or by_family[family]
+        right[family] += seen.most_common(1)[0][0] == world.answers[i]
+        total[family] += 1
+    return {f: right[f] / total[f] for f in FAMILIES}
+
+
+@pytest.mark.slow
+def test_blind_matches_the_answer_prior_of_each_family(make_cfg):
+    from nanovlm.run.training import train
+
+    # Most question forms' answers are near uniform, so both accuracies sit near chance and differ by sampling noise:
+    # a large val split (about 5,300 questions per family) keeps that noise well inside the 0.03 bar.
+    world = {"n_questions": 40000, "val_fraction": 0.8, "split_seed": 0}
+    settings = [f"data.{k}={v}" for k, v in world.items()]
+    metrics = train(make_cfg("data=vqa", "fusion=blind", "trainer.max_epochs=10", *settings))
+    prior = prior_accuracy(VQADataModule(**world))
+    for family in FAMILIES:
+        assert abs(metrics[f"val/vqa_acc_{family}"] - prior[family]) <= 0.03, (family, metrics, prior)
+
+
+def test_image_init_copies_a_checkpoints_image_encoder_and_freezes_it(tmp_path):
+    from nanovlm.models.image import CNNEncoder
+    from nanovlm.tasks.vqa import VQA, load_image_encoder
+
+    torch.manual_seed(1)
+    trained = CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4))
+    path = tmp_path / "dual.ckpt"
+    state = {f"image_encoder.{k}": v for k, v in trained.state_dict().items()} | {"text_encoder.w": torch.zeros(1)}
+    torch.save({"state_dict": state}, path)
+    fresh = CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4))
+    load_image_encoder(fresh, str(path))
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"model.image_init: .* does not fit encoder="):
+        load_image_encoder(CNNEncoder(embed_dim=16, channels=(4, 4, 4, 4)), str(path))
+    fusion = LateFusion(AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=MAX_LEN), 8, len(ANSWERS))
+    task = VQA(fresh, fusion, torch.optim.AdamW, image_init=str(path), freeze_image=True)
+    assert not any(p.requires_grad for p in task.image_encoder.parameters())
+    assert all(p.requires_grad for p in task.fusion.parameters())
+    with pytest.raises(ValueError, match=r"model.image_init: no checkpoint file at"):
+        VQA(fresh, fusion, torch.optim.AdamW, image_init=str(tmp_path / "missing.ckpt"))
+
+
+def test_every_question_the_families_can_ask_fits_the_tokenizer_whole():
+    tok = QuestionTokenizer()
+    for text in all_questions():
+        ids = tok.encode(text)
+        assert ids[-1] == tok.pad_id or ids[-1] == tok.eos_id
+        assert tok.decode(ids) == text
