@@ -67,7 +67,7 @@ class Rule:
 
 WANDB_MODES = ("offline", "online", "disabled")
 RULES: tuple[Rule, ...] = (
-    Rule("seed", int),
+    Rule("seed", int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32) (numpy seeds the workers with it)"),
     Rule("model.embed_dim", int, lambda v: v > 0, "an integer > 0"),
     Rule("data.batch_size", int, lambda v: v >= 2, "an integer >= 2 (a contrastive loss needs negatives)"),
     Rule("data.val_fraction", float, lambda v: 0 < v < 1, "a number in (0, 1)"),
@@ -137,6 +137,8 @@ def check_target_node(path: str, node: DictConfig) -> None:
         keys = ", ".join(f"{path}.{k}" for k in node)
         raise ConfigError(f"unknown key {keys}: the chosen {path} option takes no settings")
     target_path = node._target_
+    if not isinstance(target_path, str):
+        raise ConfigError(f"{path}._target_ must be a dotted import path (a string), got {target_path!r}")
     try:
         target = get_object(target_path)
     except Exception as exc:
