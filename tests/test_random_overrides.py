@@ -134,8 +134,9 @@ def _named_keys(overrides: list[str]) -> set[str]:
     for override in overrides:
         key, _, value = override.lstrip("+").partition("=")
         parts = key.split(".")
-        # a nested unknown key is refused at its first unknown level: data.tokenizer.kind -> "data.tokenizer"
-        names |= {key, parts[-1], f"{key}={value}", *(".".join(parts[:n]) for n in range(2, len(parts)))}
+        # a nested unknown key is refused at its first unknown level: "unknown key data.tokenizer" for ...tokenizer.kind
+        prefixes = {f"unknown key {'.'.join(parts[:n])}" for n in range(1, len(parts))}
+        names |= {key, parts[-1], f"{key}={value}", *prefixes}
     return names
 
 
