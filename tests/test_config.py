@@ -96,3 +96,20 @@ def test_a_key_under_an_option_without_settings_is_one_line(make_cfg) -> None:
     cfg = make_cfg("+scheduler.nosuch_key=-1")
     with pytest.raises(ConfigError, match=r"^unknown key scheduler\.nosuch_key: the chosen scheduler option takes"):
         preflight.check_optimizer(cfg)
+
+
+def test_a_format_is_checked_against_its_base_datamodules_keys_too() -> None:
+    """A disk format passes DiskDataModule's keys on as **common: validation still knows each one and its type."""
+    from omegaconf import OmegaConf
+
+    from nanovlm.run.config import ConfigError, check_target_node
+
+    def node(**keys):
+        return OmegaConf.create({"_target_": "nanovlm.data.files.FilesDataModule", "path": "x.csv", **keys})
+
+    check_target_node("data", node(batch_size=8, on_bad_sample="skip"))  # a base key of the right type
+    with pytest.raises(ConfigError, match=r"^data\.batch_size must be an integer, got 'eight'$"):
+        check_target_node("data", node(batch_size="eight"))
+    with pytest.raises(ConfigError, match=r"^unknown key data\.nosuch for .*; allowed keys: path, val_path, .*, "
+                                          r"batch_size, .*on_bad_sample$"):  # fmt: skip
+        check_target_node("data", node(nosuch=1))

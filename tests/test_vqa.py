@@ -21,6 +21,7 @@ from nanovlm.fusion.blind import BlindFusion
 from nanovlm.fusion.cross import CrossFusion
 from nanovlm.fusion.early import EarlyFusion, prefix_lm_mask
 from nanovlm.fusion.late import LateFusion
+from nanovlm.fusion.sizes import FusionSizes
 from nanovlm.models.text import AttentionTextEncoder
 
 
@@ -178,14 +179,15 @@ def image_inputs(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 def make(design: str, max_len: int = MAX_LEN + 4, max_answer_len: int = 3):
     torch.manual_seed(0)
-    sizes = dict(vocab_size=TOK.vocab_size, answer_ids=ANSWER_IDS, token_dim=12, num_tokens=16, embed_dim=8,
-                 max_len=max_len, pad_id=TOK.pad_id, eos_id=TOK.eos_id, width=16, depth=1, heads=2)  # fmt: skip
+    sizes = FusionSizes(vocab_size=TOK.vocab_size, answer_ids=tuple(ANSWER_IDS), max_len=max_len, pad_id=TOK.pad_id,
+                        eos_id=TOK.eos_id, embed_dim=8, token_dim=12, num_tokens=16)  # fmt: skip
+    blocks = dict(width=16, depth=1, heads=2)
     text = AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=max_len, pad_id=TOK.pad_id)
     return {
-        "early": lambda: EarlyFusion(**sizes, max_answer_len=max_answer_len),
-        "cross": lambda: CrossFusion(**sizes),
-        "late": lambda: LateFusion(text, embed_dim=8, n_answers=len(ANSWERS), hidden=16),
-        "blind": lambda: BlindFusion(text, n_answers=len(ANSWERS), hidden=16),
+        "early": lambda: EarlyFusion(sizes, **blocks, max_answer_len=max_answer_len),
+        "cross": lambda: CrossFusion(sizes, **blocks),
+        "late": lambda: LateFusion(sizes, text, hidden=16),
+        "blind": lambda: BlindFusion(sizes, text, hidden=16),
     }[design]().eval()
 
 
@@ -285,7 +287,8 @@ def test_image_init_copies_a_checkpoints_image_encoder_and_freezes_it(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"model.image_init: .* does not fit encoder="):
         load_image_encoder(CNNEncoder(embed_dim=16, channels=(4, 4, 4, 4)), str(path))
-    fusion = LateFusion(AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=MAX_LEN), 8, len(ANSWERS))
+    sizes = FusionSizes(TOK.vocab_size, tuple(ANSWER_IDS), MAX_LEN, TOK.pad_id, TOK.eos_id, 8, 12, 16)
+    fusion = LateFusion(sizes, AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=MAX_LEN))
     task = VQA(fresh, fusion, torch.optim.AdamW, image_init=str(path), freeze_image=True)
     assert not any(p.requires_grad for p in task.image_encoder.parameters())
     assert all(p.requires_grad for p in task.fusion.parameters())

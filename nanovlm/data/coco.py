@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanovlm.data.disk import COMMON, DiskDataModule
+from nanovlm.data.disk import DiskDataModule
 from nanovlm.data.pairs import BadData, Pairs
 
 SPLITS = ("coco", "karpathy")
@@ -98,17 +98,7 @@ class CocoDataModule(DiskDataModule):
         val: str | None = None,
         split: str = "coco",
         image_dir: str | None = None,
-        batch_size: int = 64,
-        image_size: int = 32,
-        augment: bool = False,
-        num_workers: int = 0,
-        max_tokens: int = 32,
-        tokenizer: dict[str, Any] | None = None,
-        tokenizer_path: str | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        gallery: str = "val",
-        on_bad_sample: str = "fail",
+        **common: Any,
     ) -> None:
         if split not in SPLITS:
             raise BadData(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -117,7 +107,6 @@ class CocoDataModule(DiskDataModule):
         self.root, self.split = Path(root), split
         self.train_file, self.val_file = self.root / train, self.root / val if val else None
         self.image_dir = self.root / image_dir if image_dir else None
-        common = {k: v for k, v in locals().items() if k in COMMON}
         super().__init__(**common)
 
     def images_of(self, annotations: Path) -> Path:

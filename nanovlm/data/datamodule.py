@@ -49,24 +49,36 @@ class Gallery:
     image_index: torch.Tensor
     caption_index: torch.Tensor
 
+    def __post_init__(self) -> None:
+        # Built once: validation asks for the rows of every batch.
+        object.__setattr__(self, "_row_of", _lookup(self.image_index))
+        object.__setattr__(self, "_column_of", _lookup(self.caption_index))
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Gallery rows of images with batch ids `index` [B] (each must be in the gallery)."""
-        return _positions(self.image_index, index, "image")
+        return _positions(self._row_of, index, "image")
 
     def columns(self, caption_id: torch.Tensor) -> torch.Tensor:
         """Gallery columns of captions with batch ids `caption_id` [B]."""
-        return _positions(self.caption_index, caption_id, "caption")
+        return _positions(self._column_of, caption_id, "caption")
 
     def captions_of(self, rows: torch.Tensor) -> torch.Tensor:
         """The columns true for any of the images at `rows`, each once: the text->image queries they ask."""
         return torch.nonzero(self.truth[rows].any(dim=0)).flatten()
 
 
-def _positions(keys: torch.Tensor, wanted: torch.Tensor, what: str) -> torch.Tensor:
-    if bool((keys == torch.arange(len(keys), device=keys.device)).all()):  # the whole world: ids are positions
-        return wanted
+def _lookup(keys: torch.Tensor) -> torch.Tensor | None:
+    """Position of each id in `keys` (-1 where absent), or None where the ids are the positions (the whole world)."""
+    if bool((keys == torch.arange(len(keys), device=keys.device)).all()):
+        return None
     lookup = torch.full((int(keys.max()) + 1,), -1, dtype=torch.long, device=keys.device)
     lookup[keys] = torch.arange(len(keys), device=keys.device)
+    return lookup
+
+
+def _positions(lookup: torch.Tensor | None, wanted: torch.Tensor, what: str) -> torch.Tensor:
+    if lookup is None:
+        return wanted
     found = lookup[wanted.clamp(max=len(lookup) - 1)].where(wanted < len(lookup), -1)
     if bool((found < 0).any()):
         raise ValueError(f"a batch {what} is not in the gallery (data.gallery=val ranks val images only)")

@@ -46,11 +46,6 @@ from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
 from nanovlm.run.config import ConfigError, check_value
 
 ON_BAD_SAMPLE = ("fail", "skip")
-# DiskDataModule's keys, which every format's constructor repeats (so config validation sees each one's type).
-COMMON = (
-    "batch_size", "image_size", "augment", "num_workers", "max_tokens", "tokenizer", "tokenizer_path",
-    "val_fraction", "split_seed", "gallery", "on_bad_sample",
-)  # fmt: skip
 GALLERIES = ("val", "world")
 
 
@@ -122,7 +117,7 @@ class DiskDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size, self.image_size, self.augment, self.num_workers = batch_size, image_size, augment, num_workers
-        self.gallery_choice, self.on_bad_sample = gallery, on_bad_sample
+        self.gallery_choice, self.on_bad_sample, self.split_seed = gallery, on_bad_sample, split_seed
         self.skipped, self._logged_skipped = 0, 0
         train, val = self.read()
         if val is None:

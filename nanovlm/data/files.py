@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nanovlm.data.disk import COMMON, DiskDataModule
+from nanovlm.data.disk import DiskDataModule
 from nanovlm.data.pairs import BadData, Pairs
 
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
@@ -86,23 +86,12 @@ class FilesDataModule(DiskDataModule):
         val_path: str | None = None,
         image_key: str = "image",
         caption_key: str = "caption",
-        batch_size: int = 64,
-        image_size: int = 32,
-        augment: bool = False,
-        num_workers: int = 0,
-        max_tokens: int = 32,
-        tokenizer: dict[str, Any] | None = None,
-        tokenizer_path: str | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        gallery: str = "val",
-        on_bad_sample: str = "fail",
+        **common: Any,
     ) -> None:
         if not path:
             raise BadData("data.path must name a .csv, .tsv or .jsonl file of image-caption pairs")
         self.path, self.val_path = Path(path), Path(val_path) if val_path else None
         self.image_key, self.caption_key = image_key, caption_key
-        common = {k: v for k, v in locals().items() if k in COMMON}
         super().__init__(**common)
 
     def read(self) -> tuple[Pairs, Pairs | None]:

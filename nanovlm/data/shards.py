@@ -31,7 +31,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nanovlm.data.datamodule import Gallery
-from nanovlm.data.disk import COMMON, DiskDataModule
+from nanovlm.data.disk import DiskDataModule
 from nanovlm.data.images import BadImage, ImageTransform, open_rgb
 from nanovlm.data.pairs import BadData, Pairs, collate, gallery_of
 
@@ -182,17 +182,7 @@ class ShardsDataModule(DiskDataModule):
         train_shards: str,
         val_shards: str | None = None,
         shuffle_buffer: int = 1000,
-        batch_size: int = 64,
-        image_size: int = 32,
-        augment: bool = False,
-        num_workers: int = 0,
-        max_tokens: int = 32,
-        tokenizer: dict[str, Any] | None = None,
-        tokenizer_path: str | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        gallery: str = "val",
-        on_bad_sample: str = "fail",
+        **common: Any,
     ) -> None:
         if not train_shards:
             raise BadData("data.train_shards must be a brace pattern of .tar shards, e.g. 'DIR/train-{000..007}.tar'")
@@ -200,8 +190,7 @@ class ShardsDataModule(DiskDataModule):
             raise BadData(f"data.shuffle_buffer must be >= 0 samples (0: no shuffling), got {shuffle_buffer}")
         self.train_shards = expand(train_shards, "data.train_shards")
         self.val_shards = expand(val_shards, "data.val_shards") if val_shards else None
-        self.shuffle_buffer, self.seed = shuffle_buffer, split_seed
-        common = {k: v for k, v in locals().items() if k in COMMON}
+        self.shuffle_buffer = shuffle_buffer
         super().__init__(**common)
 
     def read(self) -> tuple[Pairs, Pairs | None]:
@@ -235,7 +224,8 @@ class ShardsDataModule(DiskDataModule):
         shards = sorted({shard for shard, _ in pairs.images})
         transform = ImageTransform(self.image_size, self.augment and train if augment is None else augment)
         buffer = self.shuffle_buffer if train else 0
-        return ShardStream(shards, items, self.tokens, transform, self.batch_size, buffer, self.seed, split_processes)
+        seed = self.split_seed
+        return ShardStream(shards, items, self.tokens, transform, self.batch_size, buffer, seed, split_processes)
 
     def batches_per_epoch(self, stream: ShardStream) -> int:
         """How many batches this process's workers yield per epoch (each worker ends with a partial batch)."""

@@ -125,7 +125,7 @@ class SubwordTokenizer:
         return self.backend.decode(pieces, skip_special_tokens=False)
 
     def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "max_len": self.max_len, "tokenizer": self.backend.to_str()}
+        return {"kind": self.kind, "module": __name__, "max_len": self.max_len, "tokenizer": self.backend.to_str()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SubwordTokenizer:

@@ -39,7 +39,7 @@ class TextTokenizer(Protocol):
     def encode(self, text: str) -> torch.Tensor: ...
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor: ...
     def decode(self, ids: torch.Tensor) -> str: ...
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...  # JSON: "kind", "module" (where it is registered), what rebuilds it
 
 
 _REGISTRY: dict[str, Callable[[dict[str, Any]], TextTokenizer]] = {}
@@ -50,16 +50,26 @@ def register_tokenizer(kind: str, from_state: Callable[[dict[str, Any]], TextTok
     _REGISTRY[kind] = from_state
 
 
-def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
-    """The tokenizer a `state()` describes (what a checkpoint holds under "tokenizer")."""
-    kind = state.get("kind")
-    if kind not in _REGISTRY:
-        import importlib.util
+# Kinds saved before states named their module (`state()["module"]`), and the module that registers each.
+_SAVED_WITHOUT_MODULE = {
+    "bpe": "nanovlm.data.subword", "wordpiece": "nanovlm.data.subword", "vqa_words": "nanovlm.data.vqa",
+}  # fmt: skip
 
-        # The modules that register further kinds, imported only now: subword's, the question world's (vqa_words).
-        for module in ("nanovlm.data.subword", "nanovlm.data.vqa"):
-            if kind not in _REGISTRY and importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
+
+def tokenizer_from_state(state: dict[str, Any]) -> TextTokenizer:
+    """The tokenizer a `state()` describes (what a checkpoint holds under "tokenizer"). A state names the module
+    that registers its kind (`"module"`), imported only now: reading a checkpoint costs no import of the
+    `tokenizers` package unless its tokenizer is a subword one, and a tokenizer of a user's own package is found
+    the same way as ours."""
+    kind = state.get("kind")
+    module = state.get("module", _SAVED_WITHOUT_MODULE.get(str(kind)))
+    if kind not in _REGISTRY and module:
+        import importlib
+
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"tokenizer kind {kind!r}: its module {module!r} cannot be imported ({err})") from None
     if kind not in _REGISTRY:
         raise ValueError(f"tokenizer kind {kind!r} is not one of: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[kind](state)
@@ -111,7 +121,8 @@ class Tokenizer:
         return " ".join(self.vocab[int(i)] for i in ids if int(i) != self.bos_id)
 
     def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self.vocab), "seq_len": self.seq_len, "form": self.form}
+        return {"kind": self.kind, "module": __name__, "vocab": list(self.vocab), "seq_len": self.seq_len,
+                "form": self.form}  # fmt: skip
 
 
 register_tokenizer(Tokenizer.kind, lambda s: Tokenizer(s["vocab"], s["seq_len"], s["form"]))

@@ -80,7 +80,7 @@ class QuestionTokenizer:
         return " ".join(words).replace(" ?", "?")
 
     def state(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self.vocab), "max_len": self.max_len}
+        return {"kind": self.kind, "module": __name__, "vocab": list(self.vocab), "max_len": self.max_len}
 
 
 register_tokenizer(QuestionTokenizer.kind, lambda s: QuestionTokenizer(s["vocab"], s["max_len"]))

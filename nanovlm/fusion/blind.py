@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nanovlm.fusion.late import answer_mlp
+from nanovlm.fusion.sizes import FusionSizes
 
 
 class BlindFusion(nn.Module):
@@ -15,10 +16,10 @@ class BlindFusion(nn.Module):
 
     uses_image = False
 
-    def __init__(self, text_encoder: nn.Module, n_answers: int, hidden: int = 256, dropout: float = 0.0):
+    def __init__(self, sizes: FusionSizes, text_encoder: nn.Module, hidden: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
         self.text_encoder = text_encoder
-        self.mlp = answer_mlp(text_encoder.embed_dim, n_answers, hidden, dropout)
+        self.mlp = answer_mlp(text_encoder.embed_dim, sizes.n_answers, hidden, dropout)
 
     def forward(
         self, image_emb: torch.Tensor | None, image_tokens: torch.Tensor | None, questions: torch.Tensor

@@ -7,11 +7,10 @@ after it, so a question's answer does not depend on how much padding follows it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
+from nanovlm.fusion.sizes import FusionSizes
 from nanovlm.models.decoder import TextDecoder
 
 
@@ -30,14 +29,7 @@ class CrossFusion(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        answer_ids: Sequence[int],
-        token_dim: int,
-        num_tokens: int,
-        embed_dim: int,
-        max_len: int,
-        pad_id: int | None,
-        eos_id: int,
+        sizes: FusionSizes,
         width: int = 64,
         depth: int = 2,
         heads: int = 4,
@@ -45,11 +37,13 @@ class CrossFusion(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        s = sizes
         self.decoder = TextDecoder(
-            vocab_size, token_dim, num_tokens, embed_dim, width, depth, heads, mlp_ratio, dropout, max_len, pad_id
-        )
-        self.eos_id = eos_id
-        self.register_buffer("answer_ids", torch.tensor(list(answer_ids)), persistent=False)
+            s.vocab_size, s.token_dim, s.num_tokens, s.embed_dim, width, depth, heads, mlp_ratio, dropout, s.max_len,
+            s.pad_id,
+        )  # fmt: skip
+        self.eos_id = sizes.eos_id
+        self.register_buffer("answer_ids", torch.tensor(sizes.answer_ids), persistent=False)
 
     def forward(self, image_emb: torch.Tensor, image_tokens: torch.Tensor, questions: torch.Tensor) -> torch.Tensor:
         memory = self.decoder.memory(image_emb, image_tokens)  # [B, 1 + N, W]

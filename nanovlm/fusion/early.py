@@ -17,12 +17,11 @@ captioners' constrained decoding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
 from nanovlm.data.tokenizer import padding_mask
+from nanovlm.fusion.sizes import FusionSizes
 from nanovlm.models.transformer import check_transformer_sizes, transformer_blocks
 
 
@@ -42,14 +41,7 @@ class EarlyFusion(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        answer_ids: Sequence[int],
-        token_dim: int,
-        num_tokens: int,
-        embed_dim: int,
-        max_len: int,
-        pad_id: int | None,
-        eos_id: int,
+        sizes: FusionSizes,
         width: int = 64,
         depth: int = 2,
         heads: int = 4,
@@ -59,20 +51,20 @@ class EarlyFusion(nn.Module):
     ) -> None:
         super().__init__()
         check_transformer_sizes("fusion", width, depth, heads, mlp_ratio, dropout)
-        self.pad_id, self.eos_id = pad_id, eos_id
-        self.projector = nn.Sequential(nn.Linear(token_dim, width), nn.GELU(), nn.Linear(width, width))
-        self.summary_projector = nn.Sequential(nn.Linear(embed_dim, width), nn.GELU(), nn.Linear(width, width))
-        self.image_pos = nn.Parameter(torch.randn(1, 1 + num_tokens, width) * 0.02)
-        self.embed = nn.Embedding(vocab_size, width)
+        self.pad_id, self.eos_id = sizes.pad_id, sizes.eos_id
+        self.projector = nn.Sequential(nn.Linear(sizes.token_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.summary_projector = nn.Sequential(nn.Linear(sizes.embed_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.image_pos = nn.Parameter(torch.randn(1, 1 + sizes.num_tokens, width) * 0.02)
+        self.embed = nn.Embedding(sizes.vocab_size, width)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.text_pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
+        self.text_pos = nn.Parameter(torch.randn(1, sizes.max_len, width) * 0.02)
         # The answer's positions are its own, not the question's continued: however much padding a question
         # has, its answer starts at the same embedding.
         self.answer_pos = nn.Parameter(torch.randn(1, max_answer_len, width) * 0.02)
         self.blocks = transformer_blocks(width, depth, heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size)
-        self.register_buffer("answer_ids", torch.tensor(list(answer_ids)), persistent=False)
+        self.head = nn.Linear(width, sizes.vocab_size)
+        self.register_buffer("answer_ids", torch.tensor(sizes.answer_ids), persistent=False)
 
     def sequence_logits(
         self, image_emb: torch.Tensor, image_tokens: torch.Tensor, questions: torch.Tensor, answer_inputs: torch.Tensor

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nanovlm.fusion.sizes import FusionSizes
+
 
 def answer_mlp(in_dim: int, n_answers: int, hidden: int, dropout: float) -> nn.Sequential:
     """LayerNorm (the inputs are unit vectors, entries ~1/sqrt(D)), then two GELU layers and the answer logits."""
@@ -29,12 +31,10 @@ class LateFusion(nn.Module):
 
     uses_image = True
 
-    def __init__(
-        self, text_encoder: nn.Module, embed_dim: int, n_answers: int, hidden: int = 256, dropout: float = 0.0
-    ):
+    def __init__(self, sizes: FusionSizes, text_encoder: nn.Module, hidden: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
         self.text_encoder = text_encoder
-        self.mlp = answer_mlp(embed_dim + text_encoder.embed_dim, n_answers, hidden, dropout)
+        self.mlp = answer_mlp(sizes.embed_dim + text_encoder.embed_dim, sizes.n_answers, hidden, dropout)
 
     def forward(self, image_emb: torch.Tensor, image_tokens: torch.Tensor, questions: torch.Tensor) -> torch.Tensor:
         """[B, A] answer logits from image_emb [B, D] and question tokens [B, L] (image_tokens unused)."""

@@ -146,12 +146,9 @@ def check_target_node(path: str, node: DictConfig) -> None:
             raise ConfigError(f"{path}._target_={target_path} has moved: use {new}") from None
         raise ConfigError(f"{path}._target_ cannot be imported, got {target_path!r} ({exc})") from None
     try:
-        params = inspect.signature(target).parameters
+        named, hints, takes_any = _parameters(target)
     except (TypeError, ValueError):
         return  # a builtin without a signature: nothing to check against
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    hints = _type_hints(target)
     for key in node:
         key = str(key)
         if key.startswith("_") and key.endswith("_"):
@@ -159,12 +156,12 @@ def check_target_node(path: str, node: DictConfig) -> None:
         if key not in named:
             if takes_any:
                 continue
-            allowed = ", ".join(n for n in named if n != "self")
+            allowed = ", ".join(named)
             raise ConfigError(f"unknown key {path}.{key} for {target_path}; allowed keys: {allowed}")
         value = OmegaConf.select(node, key)
         if isinstance(value, DictConfig) and "_target_" in value:
             continue  # a nested object, checked on its own
-        hint = hints.get(key, named[key].annotation)
+        hint = hints[key]
         if hint is inspect.Parameter.empty or isinstance(hint, str):
             continue
         if isinstance(value, DictConfig | ListConfig):
@@ -173,8 +170,26 @@ def check_target_node(path: str, node: DictConfig) -> None:
             raise ConfigError(f"{path}.{key} must be {_type_name(hint)}, got {value!r}")
 
 
-def _type_hints(target: Any) -> dict[str, Any]:
-    func = target.__init__ if inspect.isclass(target) else target
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """The keyword parameters `target` accepts, their type hints, and whether it takes any key at all.
+
+    A class whose `__init__` passes `**kwargs` on to its base (a disk format to DiskDataModule) accepts its base's
+    parameters too: they are collected along the MRO, so the check still names every allowed key and type."""
+    named: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    owners = [c for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    for owner in owners:
+        func = owner.__init__ if inspect.isclass(owner) else owner
+        params, func_hints = inspect.signature(func).parameters, _type_hints(func)
+        for n, p in params.items():
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self" and n not in named:
+                named[n], hints[n] = p, func_hints.get(n, p.annotation)
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return named, hints, False
+    return named, hints, True
+
+
+def _type_hints(func: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(func)
     except Exception:

@@ -17,7 +17,7 @@ from nanovlm.run.config import ConfigError
 from nanovlm.run.moved import upgrade_config
 
 # Config sections that decide the model's parameters: a checkpoint only fits a model built from the same ones.
-MODEL_SECTIONS = ("model", "encoder", "text_encoder", "loss")
+MODEL_SECTIONS = ("model", "encoder", "text_encoder", "loss", "fusion")
 CHECKPOINT_KEY = "nanovlm"
 
 
@@ -66,12 +66,17 @@ def check_tokenizer(checkpoint: dict[str, Any], tokenizer: TextTokenizer, key: s
     """Refuse to read texts with another tokenizer than the checkpoint's (a subword vocabulary trained on other
     captions would give every id another meaning)."""
     saved = checkpoint.get(CHECKPOINT_KEY, {}).get("tokenizer")
-    if saved is not None and saved != tokenizer.state():
+    if saved is not None and _meaning(saved) != _meaning(tokenizer.state()):
         raise ConfigError(
             f"{key}={path} was trained with another tokenizer than this data gives "
             f"({saved.get('kind')}, {saved.get('vocab_size', len(saved.get('vocab', [])))} tokens): "
             "use the data it was trained on"
         )
+
+
+def _meaning(state: dict[str, Any]) -> dict[str, Any]:
+    """A tokenizer state less where its kind is registered ("module", which checkpoints older than it lack)."""
+    return {k: v for k, v in state.items() if k != "module"}
 
 
 def check_compatible(checkpoint: dict[str, Any], model: torch.nn.Module, config: dict[str, Any], path: Path) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from nanovlm.data.questions import ANSWERS, FAMILIES
 from nanovlm.data.tokenizer import TextTokenizer
+from nanovlm.fusion.sizes import FusionSizes
 from nanovlm.tasks.dual_encoder import OptimizerFactory, SchedulerFactory, weight_decay_groups
 
 
@@ -62,23 +63,10 @@ class VQA(L.LightningModule):
         and by the image encoder's token grid, which its yaml cannot know; each design takes the sizes it needs."""
         if cfg.get("fusion") is None:
             raise ValueError("model=vqa needs fusion=early|cross|late|blind (data=vqa chooses early)")
-        ids = getattr(tokenizer, "ids", None)
-        if ids is None or any(a not in ids for a in ANSWERS):
-            raise ValueError("model=vqa needs data=vqa: its tokenizer has no ids for the answer words")
-        sizes: dict[str, Any] = {
-            "vocab_size": tokenizer.vocab_size,
-            "answer_ids": [ids[a] for a in ANSWERS],
-            "n_answers": len(ANSWERS),
-            "token_dim": image_encoder.token_dim,
-            "num_tokens": image_encoder.num_tokens,
-            "embed_dim": image_encoder.embed_dim,
-            "max_len": tokenizer.max_len,
-            "pad_id": tokenizer.pad_id,
-            "eos_id": tokenizer.eos_id,
-            "text_encoder": text_encoder,
-        }
-        takes = inspect.signature(get_class(cfg.fusion._target_)).parameters
-        fusion = instantiate(cfg.fusion, **{k: v for k, v in sizes.items() if k in takes})
+        sizes = FusionSizes.of(tokenizer, image_encoder, ANSWERS)
+        reads_question = "text_encoder" in inspect.signature(get_class(cfg.fusion._target_)).parameters  # late, blind
+        design = instantiate(cfg.fusion, _partial_=True)  # then sizes as they are (instantiate would copy them)
+        fusion = design(sizes, **({"text_encoder": text_encoder} if reads_question else {}))
         task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: image_init, freeze_image
         return task(image_encoder, fusion, optimizer, scheduler)
 
