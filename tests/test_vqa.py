@@ -147,6 +147,17 @@ def test_bad_split_is_one_line_naming_the_key():
         VQADataModule(split="clevr", n_questions=60)
 
 
+def test_families_asks_only_those_and_keeps_them_balanced():
+    world = VQADataModule(n_questions=80, val_fraction=0.25, families=["relation", "count"])
+    asked = Counter(q.family for q in world.questions)
+    assert asked == {"relation": 40, "count": 40}
+    assert Counter(a for q, a in zip(world.questions, world.answers, strict=True) if q.family == "count") == {
+        n: 8 for n in FAMILY_ANSWERS["count"]
+    }  # 30 train + 10 val count questions: 6 + 2 of each answer
+    with pytest.raises(ValueError, match=r"^data.families must be distinct families of: exist, count, .*'colour'"):
+        VQADataModule(n_questions=60, families=["colour"])
+
+
 # --- The fusion designs -------------------------------------------------------------------------------------------
 
 

@@ -198,14 +198,16 @@ def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo
     return tuple(objects), Question(family, (key, relation, anchor[0], anchor[1]))
 
 
-def generate(n: int, combos: Sequence[Combo], seed: int) -> list[tuple[Scene, Question, str]]:
-    """`n` (scene, question, answer) triples: families in turn, each family's answers in turn (so both are balanced
-    to within one), every answer checked by `answer`."""
+def generate(
+    n: int, combos: Sequence[Combo], seed: int, families: Sequence[str] = FAMILIES
+) -> list[tuple[Scene, Question, str]]:
+    """`n` (scene, question, answer) triples: `families` in turn, each family's answers in turn (so both are
+    balanced to within one), every answer checked by `answer`."""
     rng = random.Random(seed)
     out = []
-    turns = {family: 0 for family in FAMILIES}
+    turns = {family: 0 for family in families}
     for i in range(n):
-        family = FAMILIES[i % len(FAMILIES)]
+        family = families[i % len(families)]
         answers = FAMILY_ANSWERS[family]
         target = answers[turns[family] % len(answers)]
         turns[family] += 1

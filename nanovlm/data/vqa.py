@@ -114,7 +114,8 @@ def render_scenes(scenes: Sequence[Scene]) -> torch.Tensor:
 class VQADataModule(L.LightningDataModule):
     """The question world, generated in memory at start-up, served as tensor slices.
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
-    train; `split_seed` seeds the generation (train and val are drawn with seeds of their own)."""
+    train; `split_seed` seeds the generation (train and val are drawn with seeds of their own); `families` asks
+    only those question families (all six by default), to study one skill on its own."""
 
     def __init__(
         self,
@@ -124,17 +125,21 @@ class VQADataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         image_size: int = 32,
+        families: list[str] | None = None,
     ) -> None:
         super().__init__()
+        families = list(families or FAMILIES)
+        if not families or any(f not in FAMILIES for f in families) or len(set(families)) < len(families):
+            raise ValueError(f"data.families must be distinct families of: {', '.join(FAMILIES)}; got {families}")
         check_value("data.batch_size", batch_size)  # the ranges live in nanovlm.run.config.RULES
         check_value("data.val_fraction", val_fraction)
         n_val = round(n_questions * val_fraction)
         n_train = n_questions - n_val
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
-        if min(n_train, n_val) < len(FAMILIES):
+        if min(n_train, n_val) < len(families):
             raise ValueError(
-                f"data.n_questions x data.val_fraction and the rest must each be >= {len(FAMILIES)} (a question per "
+                f"data.n_questions x data.val_fraction and the rest must each be >= {len(families)} (a question per "
                 f"family), got {n_questions} x {val_fraction}"
             )
         if image_size < 8:
@@ -148,7 +153,7 @@ class VQADataModule(L.LightningDataModule):
         items = [
             (*item, cond)
             for k, (n, combos, cond) in enumerate(parts)
-            for item in generate(n, combos, split_seed * 10 + k)
+            for item in generate(n, combos, split_seed * 10 + k, families)
         ]
         self.scenes: list[Scene] = [s for s, _, _, _ in items]
         self.questions: list[Question] = [q for _, q, _, _ in items]

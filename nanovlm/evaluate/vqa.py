@@ -158,6 +158,7 @@ def evaluate_vqa(model: L.LightningModule, datamodule: VQADataModule, cfg: Any, 
         {
             f"vqa_acc_{f}": float(right[(condition == target) & (family == i)].float().mean())
             for i, f in enumerate(FAMILIES)
+            if bool(((condition == target) & (family == i)).any())  # data.families may leave some out
         }
     )
     if target == 1:

@@ -22,16 +22,18 @@ from nanovlm.run.config import hydra_runtime, is_multirun
 
 
 def run_name(cfg: DictConfig) -> str:
-    """The W&B run name: `logger.name`, else a sweep job's number and overrides, else the group choices."""
+    """The W&B run name: `logger.name`, else a sweep job's number and overrides, else the group choices that name
+    the model: encoder, text encoder and loss, or for question answering encoder and fusion ("cnn-early")."""
     if cfg.logger.get("name"):
         return str(cfg.logger.name)
+    groups = ("encoder", "fusion") if cfg.get("fusion") is not None else ("encoder", "text_encoder", "loss")
     hydra_cfg = hydra_runtime()
     if hydra_cfg is None:
-        return "-".join(cfg[g]._target_.rsplit(".", 1)[-1] for g in ("encoder", "text_encoder", "loss"))
+        return "-".join(cfg[g]._target_.rsplit(".", 1)[-1] for g in groups)
     if is_multirun():
         return f"{hydra_cfg.job.num}:{hydra_cfg.job.override_dirname or 'defaults'}"
     choices = hydra_cfg.runtime.choices
-    return "-".join(str(choices.get(g)) for g in ("encoder", "text_encoder", "loss"))
+    return "-".join(str(choices.get(g)) for g in groups)
 
 
 def run_group(cfg: DictConfig) -> str | None:

@@ -147,9 +147,8 @@ class VQA(L.LightningModule):
         if count.sum() == 0:  # pragma: no cover - an empty val split
             return
         target = 1 if count[1].sum() > 0 else 0  # CoGenT: condition B is what val/vqa_acc reports
-        metrics = {
-            f"val/vqa_acc_{f}": correct[target, i] / count[target, i].clamp(min=1) for i, f in enumerate(FAMILIES)
-        }
+        asked = [(i, f) for i, f in enumerate(FAMILIES) if count[target, i] > 0]  # data.families may leave some out
+        metrics = {f"val/vqa_acc_{f}": correct[target, i] / count[target, i] for i, f in asked}
         if target == 1:
             metrics["val/vqa_acc_A"] = correct[0].sum() / count[0].sum().clamp(min=1)
         self.log("val/vqa_acc", correct[target].sum() / count[target].sum(), prog_bar=True)
@@ -159,7 +158,8 @@ class VQA(L.LightningModule):
 
     def summary_lines(self, metrics: dict[str, float]) -> list[str]:
         """What train() prints at the end (instead of retrieval recall)."""
-        families = "  ".join(f"{f} {metrics.get(f'val/vqa_acc_{f}', float('nan')):.3f}" for f in FAMILIES)
+        asked = [f for f in FAMILIES if f"val/vqa_acc_{f}" in metrics]
+        families = "  ".join(f"{f} {metrics[f'val/vqa_acc_{f}']:.3f}" for f in asked)
         lines = [
             f"final val      VQA accuracy {metrics.get('val/vqa_acc', float('nan')):.3f}",
             f"per family     {families}",
