@@ -74,9 +74,13 @@ def test_zero_shot_scores_by_the_ranking_rule(tmp_path: Path) -> None:
 def test_train_resume_and_evaluate_on_csv(make_cfg, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "data", 24)
     data = ["data=csv", f"data.path={path}", "data.val_fraction=0.25", "data.batch_size=8", "data.max_tokens=10"]
-    cfg = make_cfg(*data, *TINY, "text_encoder=mha", "trainer.max_epochs=2", "data.tokenizer.vocab_size=100")
+    cfg = make_cfg(*data, *TINY, "text_encoder=mha", "trainer.max_epochs=2", "data.tokenizer.vocab_size=100",
+                   "plots=default")  # fmt: skip
     metrics = train(cfg)
     assert 0 <= metrics["val/i2t_R@1"] <= 1 and 0 <= metrics["val/t2i_R@1"] <= 1
+    # No caption attributes to colour by: the picture is the retrieval examples (6 queries of the 6-image val).
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["retrieval.png"]
+    assert Image.open(tmp_path / "plots" / "retrieval.png").size[1] > 6 * 150
     state = json.loads((tmp_path / "tokenizer.json").read_text())
     assert state["kind"] == "bpe" and tokenizer_from_state(state).max_len == 10
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)

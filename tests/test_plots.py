@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from nanovlm.data.shapes import all_triples, build_tensors
-from nanovlm.evaluate import plots
+from nanovlm.evaluate import examples, figures, plots
 from nanovlm.run.config import CONFIG_DIR
 from nanovlm.run.training import train
 from tests.conftest import QUIET, inspect_wandb_run
@@ -120,4 +120,29 @@ def test_hand_set_margins_keep_every_label_on_the_canvas(tmp_path, monkeypatch, 
     tolerance = 0.02
     assert used.x0 >= canvas.x0 - tolerance and used.y0 >= canvas.y0 - tolerance, (used, canvas)
     assert used.x1 <= canvas.x1 + tolerance and used.y1 <= canvas.y1 + tolerance, (used, canvas)
-    plots._pyplot().close(fig)
+    figures.pyplot().close(fig)
+
+
+def test_retrieval_examples_rank_by_the_one_rule() -> None:
+    """Hand-built: 4 images, 3 captions; image 3 shows caption 0, images 1 and 2 caption 1, image 0 caption 2."""
+    truth = torch.zeros(4, 3, dtype=torch.bool)
+    truth[3, 0] = truth[1, 1] = truth[2, 1] = truth[0, 2] = True
+    scores = torch.tensor(
+        [
+            [0.9, 0.6, 0.5, 0.1],  # caption 0: its image scores last -> rank 4
+            [0.2, 0.8, 0.3, 0.9],  # caption 1: best true image 1 (0.8) behind image 3 -> rank 2
+            [0.7, 0.1, 0.2, 0.7],  # caption 2: its image ties image 3; ties fail -> rank 2
+        ]
+    )
+    ex = examples.pick_examples(scores, truth, torch.tensor([0, 1, 2]), k=2)
+    assert ex.rank.tolist() == [4, 2, 2] and ex.truth.tolist() == [3, 1, 0]
+    assert ex.top[:2].tolist() == [[0, 1], [3, 1]] and ex.hit[:2].tolist() == [[False, False], [False, True]]
+    assert sorted(ex.top[2].tolist()) == [0, 3] and ex.hit[2].sum() == 1
+
+
+def test_retrieval_examples_picture(tmp_path: Path) -> None:
+    images = torch.rand(5, 3, 8, 8)
+    ex = examples.pick_examples(torch.rand(3, 5), torch.eye(5, dtype=torch.bool), torch.tensor([0, 2, 4]), k=3)
+    path = examples.draw(tmp_path / "retrieval.png", ex, images, [f"caption {i}" for i in range(5)])
+    width, height = Image.open(path).size
+    assert width > height > 3 * 150  # three rows of four cells and the captions beside them

@@ -223,7 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="with --plain: Hydra overrides, e.g. model.embed_dim=16")
     parser.add_argument("--loaders", action="store_true", help="the disk loaders' images/s (nanovlm/bench/loaders.py)")
     parser.add_argument("--images", type=int, default=2000, help="with --loaders: scenes images exported and read")
+    parser.add_argument("--shard-epoch", action="store_true", help="a training epoch from shards against in memory")
     args = parser.parse_args(argv)
+    if args.shard_epoch:
+        from nanovlm.bench.loaders import shard_epoch
+
+        print(shard_epoch())
+        return 0
     if args.loaders:
         from nanovlm.bench.loaders import run
 

@@ -8,10 +8,17 @@ directory, then each loader's training DataLoader is read for one epoch after a 
 paid once per run, not per epoch: the workers are persistent), batch size 128, no model. The in-memory row is the
 synthetic worlds' path (TensorSliceDataset slices). A second table says where a disk image's time goes in one
 process: decoding the PNG, resizing/cropping it, and the rest (reading the index, collating, the DataLoader).
+
+    python -m nanovlm.bench --shard-epoch              # a training epoch from shards against in memory
+
+times what the loader rates mean for training: `train()` on the scenes world in memory and on its export as shards,
+alternated, so that the machine's load hits both alike.
 """
 
 from __future__ import annotations
 
+import shlex
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -120,3 +127,31 @@ def run(images: int = 2000, sizes: Sequence[int] = SIZES, workers: Sequence[int]
     lines += [f"| {s} px | {b['decode_ms']:.3f} | {b['transform_ms']:.3f} |" for s, b in breakdown.items()]
     header = f"images/s over one epoch of {n_train:,} training images (batch {BATCH}), after a warm-up epoch"
     return f"{header}\n\n{table}\n\nWhere a disk image's time goes (one process, 32 px PNGs):\n\n" + "\n".join(lines)
+
+
+def shard_epoch(repeats: int = 3, epochs: int = 4, workers: Sequence[int] = (1, 2)) -> str:
+    """Train epochs of the scenes world (6,318 training images) in memory and from its export as webdataset shards
+    with each number of `workers`: in-process `train()` (figure (a)'s EpochTimer), `epochs` epochs without
+    validation, the median of all but the first and the last (the first warms up; the last holds the final
+    validation), runs alternated `repeats` times. Returns a Markdown table."""
+    from nanovlm.bench.loops import QUIET, compose_cfg, lightning_run
+    from nanovlm.data.scenes import ScenesDataModule
+
+    no_val = f"trainer.check_val_every_n_epoch={epochs + 1}"
+    common = ["text_encoder=mha", "seed=0", f"trainer.max_epochs={epochs}", no_val, "logger=none", "plots=none", *QUIET]
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="nanovlm-shard-epoch-") as tmp:
+        shards = shlex.split(export(ScenesDataModule(), "wds", Path(tmp) / "wds"))
+        runs = {"in memory (data=scenes)": ["data=scenes"]}
+        shards.append("data.batch_size=128")  # the scenes world's
+        runs |= {f"data=wds data.num_workers={w}": [*shards, f"data.num_workers={w}"] for w in workers}
+        for r in range(repeats):
+            for name, overrides in runs.items():
+                out = lightning_run(compose_cfg(*overrides, *common, f"run_dir={tmp}/run{r}"))
+                times.setdefault(name, []).append(statistics.median(out["epoch_s"][1:-1]))
+    memory = statistics.median(times["in memory (data=scenes)"])
+    rows = ["| data | epoch, s (each run) | median | against in memory |", "|---|---|---|---|"]
+    for name, values in times.items():
+        each, median = ", ".join(f"{v:.2f}" for v in values), statistics.median(values)
+        rows.append(f"| {name} | {each} | {median:.2f} | {median / memory:.2f}x |")
+    return "\n".join(rows)

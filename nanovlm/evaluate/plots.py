@@ -17,33 +17,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from nanovlm.data.shapes import ATTRIBUTE_VALUES, COLOURS
+from nanovlm.evaluate.examples import retrieval_examples
+from nanovlm.evaluate.figures import pyplot, save_figure
+from nanovlm.evaluate.retrieval import gallery_texts
 from nanovlm.evaluate.zero_shot import AttributeValues, world_attributes
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path, tight: bool = True) -> Path:
-    """`tight=False` for the pictures drawn at the end of every run, whose margins are set by hand: a tight
-    bounding box lays out and draws the whole figure twice (timings in docs/performance.md)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None)
-    _pyplot().close(fig)
-    return path
 
 
 def _value_colours(values: Sequence[str]) -> list[tuple[float, float, float]]:
     """One plotting colour per value; colour names are drawn in their own colour."""
     if tuple(values) == tuple(COLOURS):
         return [tuple(c / 255 for c in rgb) for rgb in COLOURS.values()]
-    cmap = _pyplot().get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     return [cmap(i)[:3] for i in range(len(values))]
 
 
@@ -67,7 +51,7 @@ def embedding_bands(
     attribute the model encodes shows up as horizontal bands; after training the image and text bands of a pair
     should match.
     """
-    plt = _pyplot()
+    plt = pyplot()
     stages = [("before training", before), ("after training", after)] if before is not None else [("", after)]
     height = 4.2 * len(stages)  # inches; the margins below are in inches too, so one row (evaluate) and two fit
     fig, axes = plt.subplots(len(stages), 2, figsize=(10, height), squeeze=False)
@@ -86,7 +70,7 @@ def embedding_bands(
             if col == 0:
                 ax.set_ylabel("item (caption order, blocks: its first word)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="value (unit vectors)")
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def _block_ticks(words: Sequence[str]) -> tuple[list[float], list[str]]:
@@ -98,7 +82,7 @@ def _block_ticks(words: Sequence[str]) -> tuple[list[float], list[str]]:
 def similarity_matrix(path: Path, image_emb: torch.Tensor, text_emb: torch.Tensor, captions: Sequence[str]) -> Path:
     """Cosine similarity of every image (rows) with every caption (columns), both sorted by caption,
     so a trained model shows a bright diagonal inside blocks of shared colour."""
-    plt = _pyplot()
+    plt = pyplot()
     order = sorted(range(len(captions)), key=lambda i: captions[i])
     sims = (image_emb[order] @ text_emb[order].T).detach().cpu().numpy()  # [N, N]
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
@@ -111,7 +95,7 @@ def similarity_matrix(path: Path, image_emb: torch.Tensor, text_emb: torch.Tenso
     ax.set_ylabel("images, sorted by their caption")
     ax.set_title("image x text cosine similarity")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def pca_scatter(
@@ -123,7 +107,7 @@ def pca_scatter(
 ) -> Path:
     """Both modalities projected on the top-2 principal components of their union, one panel per
     attribute, coloured by its value; a thin line joins each image to its caption."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.collections import LineCollection
 
     both = torch.cat([image_emb, text_emb]).detach().cpu().double()  # [2N, D]
@@ -150,7 +134,7 @@ def pca_scatter(
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         ax.set_facecolor("0.93")
-    return _save(fig, path, tight=False)
+    return save_figure(fig, path, tight=False)
 
 
 def sphere_scatter(
@@ -163,7 +147,7 @@ def sphere_scatter(
     """3-D embeddings (model.embed_dim=3) on the unit sphere, coloured by the first attribute; lines join pairs."""
     if image_emb.shape[1] != 3:
         raise ValueError(f"sphere_scatter needs model.embed_dim=3, got embeddings of dim {image_emb.shape[1]}")
-    plt = _pyplot()
+    plt = pyplot()
     img, txt = image_emb.detach().cpu().numpy(), text_emb.detach().cpu().numpy()
     first = next(iter(table))
     palette, ids = _value_colours(table[first]), _value_ids(triples, first, table)
@@ -178,12 +162,12 @@ def sphere_scatter(
     ax.scatter(*txt.T, c=colours, marker="^", s=36, edgecolors="k", linewidths=0.3, depthshade=False)
     ax.set_box_aspect((1, 1, 1))
     ax.set_title(f"embeddings on the unit sphere, coloured by {first} (o image, ^ text)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(path: Path, counts: torch.Tensor, labels: Sequence[str], title: str) -> Path:
     """A confusion matrix: rows are true values, columns predicted, cells are counts."""
-    plt = _pyplot()
+    plt = pyplot()
     counts = counts.cpu()
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
     ax.imshow(counts.numpy(), cmap="Blues")
@@ -196,19 +180,19 @@ def confusion_matrix(path: Path, counts: torch.Tensor, labels: Sequence[str], ti
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(path: Path, images: torch.Tensor, titles: Sequence[str], suptitle: str) -> Path:
     """A row of images [K, 3, H, W] in [0, 1], each with its title (e.g. its caption and score)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6), squeeze=False)
     for ax, image, title in zip(axes[0], images, titles, strict=True):
         ax.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")  # [H, W, 3]
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.suptitle(suptitle)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw_embedding_pictures(
@@ -267,13 +251,18 @@ class EmbeddingPlots(L.Callback):
         self.paths: dict[str, Path] = {}
 
     def _draw(self, trainer: L.Trainer, model: L.LightningModule, subdir: str = "") -> None:
-        if not trainer.is_global_zero or self.before is None:
+        if not trainer.is_global_zero:
             return
         datamodule = trainer.datamodule
-        _, triples, table = world_attributes(datamodule)
-        after = embed_gallery(model, *picture_pairs(datamodule))
         directory = Path(trainer.default_root_dir) / self.dirname / subdir
-        self.paths = draw_embedding_pictures(directory, after, datamodule.captions, triples, self.before, table)
+        if self.before is None:  # nothing to colour by (on_fit_start said so): what every dataset has, its gallery
+            gallery = datamodule.gallery()
+            captions = gallery_texts(datamodule, gallery)
+            self.paths = {"retrieval": retrieval_examples(directory / "retrieval.png", model, gallery, captions)}
+        else:
+            _, triples, table = world_attributes(datamodule)
+            after = embed_gallery(model, *picture_pairs(datamodule))
+            self.paths = draw_embedding_pictures(directory, after, datamodule.captions, triples, self.before, table)
         logger = trainer.logger
         if logger is not None and hasattr(logger, "log_image"):
             for name, path in self.paths.items():
@@ -281,7 +270,10 @@ class EmbeddingPlots(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.datamodule.attributes():  # the pictures colour every point by a caption attribute
-            rank_zero_info("plots: skipped, this dataset names no caption attributes to colour the embeddings by")
+            rank_zero_info(
+                "plots: this dataset names no caption attributes to colour the embeddings by: drawing retrieval "
+                "examples instead (plots/retrieval.png)"
+            )
             return
         self.before = embed_gallery(pl_module, *picture_pairs(trainer.datamodule))
 
