@@ -96,20 +96,28 @@ def test_callback_saves_pictures_in_the_run_dir_and_wandb(tmp_path: Path, monkey
     assert summary["plots/bands"]["_type"] == "images/separated" and summary["plots/bands"]["count"] == 1
 
 
-@pytest.mark.parametrize("picture", ["bands_one_row", "bands_two_rows", "similarity", "pca"])
+@pytest.mark.parametrize("picture", ["bands_one_row", "bands_two_rows", "similarity", "pca", "retrieval"])
 def test_hand_set_margins_keep_every_label_on_the_canvas(tmp_path, monkeypatch, picture: str) -> None:
     """The end-of-run pictures are saved without bbox_inches="tight" (it draws twice), so their margins are set
     by hand: every title, tick label and axis label must still lie inside the saved figure."""
     saved = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=True: saved.append((fig, tight)) or path)
+    for module in (plots, examples):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path, tight=True: saved.append((fig, tight)) or path)
     after, before = random_embeddings(dim=32), random_embeddings(dim=32, seed=1)
     triples = all_triples()
     captions = [" ".join(t) for t in triples]
+    queries = torch.arange(6)
     draw = {
         "bands_one_row": lambda: plots.embedding_bands(tmp_path / "b.png", after, None, captions),
         "bands_two_rows": lambda: plots.embedding_bands(tmp_path / "b.png", after, before, captions),
         "similarity": lambda: plots.similarity_matrix(tmp_path / "s.png", *after, captions),
         "pca": lambda: plots.pca_scatter(tmp_path / "p.png", *after, triples),
+        "retrieval": lambda: examples.draw(
+            tmp_path / "r.png",
+            examples.pick_examples(after[1][:6] @ after[0].T, torch.eye(len(captions), dtype=torch.bool), queries, 5),
+            torch.rand(len(captions), 3, 32, 32),
+            ["a caption as long as " + c for c in captions],
+        ),
     }[picture]
     draw()
     ((fig, tight),) = saved
