@@ -64,6 +64,8 @@ def retrieval_examples(
 
 
 def draw(path: Path, examples: Examples, images: torch.Tensor, captions: list[str]) -> Path:
+    """One row per query: its caption (wrapped, on the left), its top-k images, its true image. Margins are set by
+    hand (no tight bounding box: this is drawn at the end of every such run)."""
     plt = pyplot()
     n_queries, k = examples.top.shape
     width, height = 2.5 + 1.6 * (k + 1), 1.9 * n_queries + 0.6
