@@ -18,7 +18,6 @@ alternated, so that the machine's load hits both alike.
 from __future__ import annotations
 
 import shlex
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from nanovlm.bench.table import cell, ratio_cell, steady
 from nanovlm.data.datamodule import TensorSliceDataset, _keep_batch
 from nanovlm.data.images import ImageTransform, open_rgb
 from nanovlm.export.world import export
@@ -132,8 +132,8 @@ def run(images: int = 2000, sizes: Sequence[int] = SIZES, workers: Sequence[int]
 def shard_epoch(repeats: int = 3, epochs: int = 4, workers: Sequence[int] = (1, 2)) -> str:
     """Train epochs of the scenes world (6,318 training images) in memory and from its export as webdataset shards
     with each number of `workers`: in-process `train()` (figure (a)'s EpochTimer), `epochs` epochs without
-    validation, the median of all but the first and the last (the first warms up; the last holds the final
-    validation), runs alternated `repeats` times. Returns a Markdown table."""
+    validation, the steady epoch (table.steady) of all but the last (which holds the final validation), runs
+    alternated `repeats` times. Returns a Markdown table in the benchmark's cells (median, range, n)."""
     from nanovlm.bench.loops import QUIET, compose_cfg, lightning_run
     from nanovlm.data.scenes import ScenesDataModule
 
@@ -148,10 +148,8 @@ def shard_epoch(repeats: int = 3, epochs: int = 4, workers: Sequence[int] = (1, 
         for r in range(repeats):
             for name, overrides in runs.items():
                 out = lightning_run(compose_cfg(*overrides, *common, f"run_dir={tmp}/run{r}"))
-                times.setdefault(name, []).append(statistics.median(out["epoch_s"][1:-1]))
-    memory = statistics.median(times["in memory (data=scenes)"])
-    rows = ["| data | epoch, s (each run) | median | against in memory |", "|---|---|---|---|"]
-    for name, values in times.items():
-        each, median = ", ".join(f"{v:.2f}" for v in values), statistics.median(values)
-        rows.append(f"| {name} | {each} | {median:.2f} | {median / memory:.2f}x |")
+                times.setdefault(name, []).append(steady(out["epoch_s"][:-1]))  # the last holds the final val
+    memory = times["in memory (data=scenes)"]
+    rows = ["| data | epoch | against in memory |", "|---|---|---|"]
+    rows += [f"| {name} | {cell(values)} | {ratio_cell(values, memory)[0]} |" for name, values in times.items()]
     return "\n".join(rows)
