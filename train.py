@@ -15,6 +15,9 @@ def main(cfg: DictConfig) -> float:
     # Bad config: one line, exit 2; NaN loss: one line, exit 1; SIGINT/SIGTERM: exit 130/143.
     with cli.job_errors(cfg), cli.signals_raise():
         check_fixed_keys(cfg)  # before torch and Lightning load: a typo costs Hydra's start-up only
+        from nanovlm.data.index import preread
+
+        preread(cfg.data)  # a disk dataset's rows and image files, also before torch: bad data costs seconds
         from nanovlm.run import preflight  # torch, not yet Lightning (~3x as long to import)
 
         preflight.check(cfg)  # no GPU, too many devices, a learning rate torch refuses

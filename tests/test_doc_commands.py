@@ -96,8 +96,10 @@ DISK_FORMATS = ("data=csv", "data=coco", "data=wds")
 TINY = {"trainer.max_epochs": "1", "logger": "none", "plots": "none"}
 # A value of the user's kept unless it takes long: key -> the most that is still quick.
 QUICK_MAX = {"trainer.max_epochs": 2}
-# The scenes world has 12,636 images: a whole epoch and its validation take a minute of CPU.
-SCENES_TINY = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2"]
+# The scenes world has 12,636 images and the question world 24,300 training questions: a whole epoch and its
+# validation take minutes of CPU (over the timeout on a slow CI machine), so those commands run a few batches.
+FEW_BATCHES = ["+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2"]
+BIG_WORLDS = {"data=scenes": "the scenes world", "data=vqa": "the question world"}
 SCENES_SWEEP = (
     "a sweep of the scenes world: even cut to a few batches each job renders its 12,636 images, and a sweep is "
     "several jobs plus its report; the scenes train.py commands run that world, sweeps.md's the sweep machinery; "
@@ -280,9 +282,10 @@ def tiny_train(text: str, words: list[str]) -> tuple[str, list[str]]:
     overrides, and the last value of a key wins). Returns (line, notes)."""
     text, notes = cut_long_values(text, words)
     extra = [k + "=" + v for k, v in TINY.items() if not sets(words, k)]
-    if "data=scenes" in words:
-        extra += SCENES_TINY
-        notes.append("the scenes world cut to a few batches (" + " ".join(SCENES_TINY) + ")")
+    for world, name in BIG_WORLDS.items():
+        if world in words:
+            extra += FEW_BATCHES
+            notes.append(f"{name} cut to a few batches (" + " ".join(FEW_BATCHES) + ")")
     if {"-m", "--multirun"} & set(words):
         caps = []
         for word in words:

@@ -5,8 +5,8 @@
 - `shapes`: the seed world, one coloured shape in a 3x3 grid (243 pairs); also what the other worlds draw with;
 - `scenes`: two objects and a relation, with hard negatives (12,636 images);
 - pairs from disk (docs/data.md): `files` (data=csv), `coco` (data=coco), `shards` (data=wds), on `disk` (the
-  DataModule they share) and `pairs` (the index, split by image, caption table); `images` decodes and crops,
-  `subword` is their BPE / WordPiece tokenizer.
+  DataModule they share) and `pairs` (split by image, caption table); `index` reads and checks what each lists
+  without torch (train.py does it first); `images` decodes and crops, `subword` is their BPE / WordPiece tokenizer.
 
 Nothing is imported here: `nanovlm.data.tokenizer` must not pay for Lightning.
 """

@@ -13,8 +13,8 @@ the caption table, the bad-data rules and the gallery.
 - Gallery (`data.gallery=val`, the default here): the val images and every caption of theirs, the Karpathy-split
   protocol: image->text is a hit when any of the image's captions is in the top k, text->image asks each caption once.
 - Bad data (`data.on_bad_sample`): `fail` stops with one line naming the file and row, exit 2 (a BadData is a
-  ConfigError); `skip` drops the sample and counts it (`data/skipped`). Indexed formats check every row and image
-  file when the datamodule is built, before any run dir exists.
+  ConfigError); `skip` drops the sample and counts it (`data/skipped`). Every row and image file of an index is
+  checked before training (nanovlm.data.index: train.py does it before torch and Lightning load).
 """
 
 from __future__ import annotations
@@ -31,21 +31,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.images import ImageTransform, open_rgb
-from nanovlm.data.pairs import (
-    BadData,
-    CaptionTable,
-    PairDataset,
-    Pairs,
-    check_image_file,
-    collate,
-    gallery_of,
-    split_by_image,
-)
+from nanovlm.data.index import Index
+from nanovlm.data.index.samples import BadData, Rejects
+from nanovlm.data.pairs import CaptionTable, PairDataset, collate, gallery_of, split_by_image
 from nanovlm.data.subword import SubwordTokenizer
 from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
 from nanovlm.run.config import ConfigError, check_value
 
-ON_BAD_SAMPLE = ("fail", "skip")
 GALLERIES = ("val", "world")
 
 
@@ -109,20 +101,23 @@ class DiskDataModule(L.LightningDataModule):
         super().__init__()
         check_value("data.batch_size", batch_size)
         check_value("data.val_fraction", val_fraction)
-        for key, value, allowed in (("gallery", gallery, GALLERIES), ("on_bad_sample", on_bad_sample, ON_BAD_SAMPLE)):
-            if value not in allowed:
-                raise ConfigError(f"data.{key} must be one of {', '.join(allowed)}, got {value!r}")
+        if gallery not in GALLERIES:
+            raise ConfigError(f"data.gallery must be one of {', '.join(GALLERIES)}, got {gallery!r}")
+        self.rejects = Rejects(on_bad_sample)  # checks the value too
         if image_size < 8:
             raise ConfigError(f"data.image_size must be >= 8 pixels, got {image_size}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.batch_size, self.image_size, self.augment, self.num_workers = batch_size, image_size, augment, num_workers
-        self.gallery_choice, self.on_bad_sample, self.split_seed = gallery, on_bad_sample, split_seed
+        self.gallery_choice, self.split_seed = gallery, split_seed
         self.skipped, self._logged_skipped = 0, 0
-        train, val = self.read()
+        found = self.read()
+        for line in found.skipped:
+            self.reject(line)
+        train, val = found.train, found.val
         if val is None:
             train, val = split_by_image(train, val_fraction, split_seed)
-        self.train_pairs, self.val_pairs = self.checked(train), self.checked(val)
+        self.train_pairs, self.val_pairs = train, val
         for name, split in (("training", self.train_pairs), ("validation", self.val_pairs)):
             if len(split.images) < 2:
                 raise BadData(f"the {name} split has {len(split.images)} usable image(s); it needs at least 2")
@@ -140,31 +135,23 @@ class DiskDataModule(L.LightningDataModule):
         self.caption_of = torch.tensor([ids[0] for ids in self.table.ids], dtype=torch.long)
         self.images = LazyImages(self, n_images)
 
-    def read(self) -> tuple[Pairs, Pairs | None]:
-        """(train, val) of the format's index; val None: split train by image (`data.val_fraction`)."""
+    def read(self) -> Index:
+        """The format's index, checked (nanovlm.data.index.load); its val None: split train by image
+        (`data.val_fraction`)."""
         raise NotImplementedError
 
     # --- Bad data ------------------------------------------------------------------------------------------------
 
+    @property
+    def on_bad_sample(self) -> str:
+        return self.rejects.on_bad_sample
+
     def reject(self, line: str) -> None:
         """A bad sample: stop (`on_bad_sample=fail`) or count it (`skip`), warning once."""
-        if self.on_bad_sample == "fail":
-            raise BadData(f"{line} (data.on_bad_sample=skip skips such samples)")
+        self.rejects(line)  # fail: raises BadData naming the sample
         if self.skipped == 0:
             warnings.warn(f"skipping bad samples (data.on_bad_sample=skip), the first: {line}", stacklevel=2)
         self.skipped += 1
-
-    def checked(self, pairs: Pairs) -> Pairs:
-        """`pairs` without the images whose file is unusable: every one is checked (the readers have dropped
-        malformed rows and empty captions, naming each row)."""
-        keep: list[int] = []
-        for i, path in enumerate(pairs.images):
-            problem = check_image_file(path)
-            if problem is None:
-                keep.append(i)
-            else:
-                self.reject(f"{pairs.where[i]}: image {str(path)!r} is {problem}")
-        return pairs.take(keep)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """In the main process, before the batch reaches the model: a sample that failed in a worker fails the run

@@ -1,12 +1,10 @@
-"""The index of a disk dataset: its pairs, the split by image, image file checks, the caption table, and the
-map-style Dataset that decodes its images in DataLoader workers (nanovlm.data.disk serves them).
+"""What a disk dataset's index (nanovlm.data.index) becomes for training: the split by image, the caption table, the
+gallery, and the map-style Dataset that decodes its images in DataLoader workers (nanovlm.data.disk serves them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,32 +12,8 @@ from torch.utils.data import Dataset
 
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.images import BadImage, open_rgb
+from nanovlm.data.index.samples import Pairs
 from nanovlm.data.tokenizer import TextTokenizer
-from nanovlm.run.config import ConfigError
-
-
-class BadData(ConfigError):
-    """A sample the run cannot use: the message names the file and the row or key, and what is wrong with it."""
-
-
-@dataclass
-class Pairs:
-    """One split of an indexed dataset: image i is the file `images[i]` with captions `captions[i]`; `where[i]`
-    says where it was read from ("pairs.csv row 7"), for the one line a bad sample gets."""
-
-    images: list[Path] = field(default_factory=list)
-    captions: list[list[str]] = field(default_factory=list)
-    where: list[str] = field(default_factory=list)
-
-    def add(self, image: Path, caption: str, where: str, index: dict[Path, int]) -> None:
-        """Add a caption of `image` (a new image, or one already listed: its captions are grouped)."""
-        if image not in index:
-            index[image] = len(self.images)
-            self.images.append(image), self.captions.append([]), self.where.append(where)
-        self.captions[index[image]].append(caption)
-
-    def take(self, keep: Sequence[int]) -> Pairs:
-        return Pairs([self.images[i] for i in keep], [self.captions[i] for i in keep], [self.where[i] for i in keep])
 
 
 def split_by_image(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs, Pairs]:
@@ -47,33 +21,6 @@ def split_by_image(pairs: Pairs, val_fraction: float, seed: int) -> tuple[Pairs,
     order = torch.randperm(len(pairs.images), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(len(order) * val_fraction))
     return pairs.take(sorted(order[n_val:])), pairs.take(sorted(order[:n_val]))
-
-
-def check_image_file(path: Path) -> str | None:
-    """Why `path` is not a usable image, or None. Cheap enough for every file at start-up: the header is read
-    (PIL's open) and a PNG or JPEG must end with its end marker, which catches a truncated download without
-    decoding the pixels."""
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return "missing (no such file)"
-    if size == 0:
-        return "an empty file"
-    with path.open("rb") as f:
-        head = f.read(8)
-        f.seek(max(0, size - 12))
-        tail = f.read()
-    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
-        return "a truncated PNG (no IEND chunk)"
-    if head.startswith(b"\xff\xd8") and not tail.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return "a truncated JPEG (no end-of-image marker)"
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path):
-            return None
-    except (UnidentifiedImageError, OSError) as error:
-        return f"not an image PIL can read ({type(error).__name__})"
 
 
 class CaptionTable:

@@ -8,7 +8,7 @@ each epoch the shard list is shuffled (seeded by `data.split_seed` and the epoch
 by DataLoader worker, so every sample is read once per epoch whatever the number of processes and workers, and
 samples are shuffled in a `data.shuffle_buffer` within each worker. Batches are made in the workers.
 
-When the datamodule is built every shard's tar headers and captions are read (image bytes are skipped): that trains
+Before training starts every shard's tar headers and captions are read (image bytes are skipped): that trains
 the tokenizer on the training captions, counts the samples (the epoch length) and finds truncated shards and
 samples without an image or caption before the run starts. A picture that fails to decode is found when it is
 streamed: the run stops there with one line naming the shard and key (`data.on_bad_sample=skip` skips it).
@@ -22,81 +22,24 @@ import random
 import tarfile
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 import webdataset as wds
-from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.disk import DiskDataModule
 from nanovlm.data.images import BadImage, ImageTransform, open_rgb
-from nanovlm.data.pairs import BadData, Pairs, collate, gallery_of
+from nanovlm.data.index import Index, load
+from nanovlm.data.index.samples import BadData
+from nanovlm.data.index.shards import IMAGE_EXTENSIONS, split_key
+from nanovlm.data.index.shards import read as read_index
+from nanovlm.data.pairs import collate, gallery_of
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # Lightning warns that an IterableDataset's length can be wrong under several workers; a ShardStream's is counted
 # for exactly the workers it splits its shards between.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined")
-
-
-def expand(pattern: str, key: str) -> list[str]:
-    """'DIR/train-{000000..000007}.tar' -> the shard paths (brace expansion, as webdataset and img2dataset write
-    it; several patterns may be joined with '::'), each of which must exist."""
-    shards = [s for part in pattern.split("::") for s in braceexpand(part)]
-    missing = [s for s in shards if not Path(s).is_file()]
-    if not shards or missing:
-        raise BadData(f"{key}: no shard file {missing[0] if missing else pattern!r} (a brace pattern of .tar files)")
-    return shards
-
-
-def split_key(name: str) -> tuple[str, str]:
-    """A tar member's (sample key, extension) by webdataset's rule: the extension starts at the basename's first
-    dot, so 'dir/000012.jpg' -> ('dir/000012', 'jpg')."""
-    folder, _, base = name.rpartition("/")
-    stem, _, extension = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), extension.lower()
-
-
-def scan(shard: str, pairs: Pairs, reject: Any) -> None:
-    """Add the samples of one shard to `pairs` (image = (shard, key), its caption), reading only tar headers and
-    captions. A sample without an image or a caption, and a shard cut short, go to `reject`."""
-    size = Path(shard).stat().st_size
-    samples: dict[str, dict[str, Any]] = {}
-    try:
-        with tarfile.open(shard, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > size:
-                    raise tarfile.ReadError(f"truncated inside {member.name}")
-                key, extension = split_key(member.name)
-                sample = samples.setdefault(key, {})
-                if extension == "txt":
-                    sample["caption"] = tar.extractfile(member).read().decode("utf-8", errors="replace")
-                elif extension in IMAGE_EXTENSIONS:
-                    sample["image"] = True
-            end = tar.offset  # where the end-of-archive marker (two zero blocks) must begin
-        with open(shard, "rb") as f:
-            f.seek(end)
-            rest = f.read()
-        if len(rest) < 1024 or rest.strip(b"\0"):  # tarfile reads a cut-off archive as a shorter one
-            last = f"after sample {next(reversed(samples))!r}" if samples else "in its first sample"
-            raise tarfile.ReadError(f"truncated {last}")
-    except (tarfile.TarError, OSError) as error:
-        reject(f"{shard}: not a readable tar shard ({error})")
-    index: dict[Any, int] = {}
-    for key, sample in samples.items():
-        where = f"{shard} sample {key!r}"
-        if "image" not in sample or "caption" not in sample:
-            missing = "image (.jpg/.png/.webp)" if "image" not in sample else "caption (.txt)"
-            reject(f"{where}: no {missing}")
-            continue
-        if not sample["caption"].strip():
-            reject(f"{where}: an empty caption")
-            continue
-        pairs.add((shard, key), sample["caption"], where, index)
 
 
 class ShardStream(IterableDataset):
@@ -184,29 +127,15 @@ class ShardsDataModule(DiskDataModule):
         shuffle_buffer: int = 1000,
         **common: Any,
     ) -> None:
-        if not train_shards:
-            raise BadData("data.train_shards must be a brace pattern of .tar shards, e.g. 'DIR/train-{000..007}.tar'")
         if shuffle_buffer < 0:
             raise BadData(f"data.shuffle_buffer must be >= 0 samples (0: no shuffling), got {shuffle_buffer}")
-        self.train_shards = expand(train_shards, "data.train_shards")
-        self.val_shards = expand(val_shards, "data.val_shards") if val_shards else None
+        self.keys = {"train_shards": train_shards, "val_shards": val_shards}
         self.shuffle_buffer = shuffle_buffer
         super().__init__(**common)
 
-    def read(self) -> tuple[Pairs, Pairs | None]:
-        train = Pairs()
-        for shard in self.train_shards:
-            scan(shard, train, self.reject)
-        if self.val_shards is None:
-            return train, None
-        val = Pairs()
-        for shard in self.val_shards:
-            scan(shard, val, self.reject)
-        return train, val
-
-    def checked(self, pairs: Pairs) -> Pairs:
-        """Nothing left to check: `scan` has checked the samples, and their images are decoded when streamed."""
-        return pairs
+    def read(self) -> Index:
+        """Every shard's headers and captions (nanovlm.data.index.shards); images are decoded when streamed."""
+        return load(read_index, self.on_bad_sample, **self.keys)
 
     def open_image(self, index: int):
         """Sample `index` read from its shard (evaluation's `image=`; training streams instead)."""
