@@ -143,10 +143,31 @@ def test_train_py_finds_bad_data_before_torch(make_cfg, tmp_path: Path, case: st
         index.preread(cfg.data)
 
 
-def test_the_index_reader_imports_neither_torch_nor_lightning() -> None:
-    code = "import sys, nanovlm.data.index; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip() == "[]", result.stderr
+@pytest.mark.slow
+def test_train_py_stops_on_bad_data_without_importing_torch(tmp_path: Path) -> None:
+    """train.py as a user runs it, in a Python where importing torch fails: bad data is still its one line."""
+    args = csv_with(tmp_path, lambda r: (r / "images" / "003.png").unlink())
+    code = (
+        "import runpy, sys; sys.modules['torch'] = sys.modules['lightning'] = None; "
+        f"sys.argv = ['train.py', *{args!r}, 'hydra.run.dir={tmp_path / 'run'}']; "
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=user_env(), capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert re.fullmatch(r"error: .*pairs.csv row 8: image '.*003.png' is missing .*\n", result.stderr), result.stderr
+
+
+def test_values_preread_cannot_judge_are_left_to_the_one_line_checks(make_cfg, tmp_path: Path) -> None:
+    """A brace pattern braceexpand refuses, a list for a path: preread returns, and building says it in one line.
+    A shared key's typo is found before any image file is checked."""
+    for bad in ("data.train_shards='/nowhere/{a'", "data.val_shards=[a,b]"):
+        cfg = make_cfg("data=wds", f"data.train_shards='{write_shards(tmp_path, 'train', [list(range(4))])}'", bad)
+        index.preread(cfg.data)
+        with pytest.raises(ConfigError):
+            build(cfg)
+    cfg = make_cfg(*csv_with(tmp_path, lambda r: (r / "images" / "003.png").unlink()), "data.gallery=nope")
+    with pytest.raises(ConfigError, match=r"data\.gallery must be one of val, world, got 'nope'"):
+        index.preread(cfg.data)
 
 
 def test_the_datamodule_takes_the_index_train_py_read(make_cfg, tmp_path: Path, monkeypatch) -> None:

@@ -1,9 +1,9 @@
 """What every disk format shares: the caption table, the split by image, bad data, and `DiskDataModule`.
 
-A format module (nanovlm.data.files, nanovlm.data.coco) only reads its index into `Pairs` (image files and the
-captions of each); everything else is here, so csv and COCO serve the same batches (nanovlm.data.datamodule's
-contract) and fail the same way. Webdataset shards (nanovlm.data.shards) are streamed instead of indexed and share
-the caption table, the bad-data rules and the gallery.
+A format module (nanovlm.data.files, nanovlm.data.coco) only names the reader of its index (nanovlm.data.index: image
+files and the captions of each, checked); everything else is here, so csv and COCO serve the same batches
+(nanovlm.data.datamodule's contract) and fail the same way. Webdataset shards (nanovlm.data.shards) are streamed
+instead of decoded by index and share the caption table, the bad-data rules and the gallery.
 
 - Captions: a subword tokenizer is trained on the training captions (nanovlm.data.subword); a caption's id is the
   id of its token sequence, so two texts the model cannot tell apart are the same caption (a true pair for the
@@ -31,14 +31,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.images import ImageTransform, open_rgb
-from nanovlm.data.index import Index
-from nanovlm.data.index.samples import BadData, Rejects
+from nanovlm.data.index import Index, check_shared
+from nanovlm.data.index.samples import BadData, bad_sample
 from nanovlm.data.pairs import CaptionTable, PairDataset, collate, gallery_of, split_by_image
 from nanovlm.data.subword import SubwordTokenizer
 from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
-from nanovlm.run.config import ConfigError, check_value
-
-GALLERIES = ("val", "world")
+from nanovlm.run.config import ConfigError
 
 
 def build_tokenizer(
@@ -99,17 +97,12 @@ class DiskDataModule(L.LightningDataModule):
         on_bad_sample: str = "fail",
     ) -> None:
         super().__init__()
-        check_value("data.batch_size", batch_size)
-        check_value("data.val_fraction", val_fraction)
-        if gallery not in GALLERIES:
-            raise ConfigError(f"data.gallery must be one of {', '.join(GALLERIES)}, got {gallery!r}")
-        self.rejects = Rejects(on_bad_sample)  # checks the value too
-        if image_size < 8:
-            raise ConfigError(f"data.image_size must be >= 8 pixels, got {image_size}")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_shared(
+            {"batch_size": batch_size, "image_size": image_size, "num_workers": num_workers,
+             "val_fraction": val_fraction, "gallery": gallery, "on_bad_sample": on_bad_sample}
+        )  # fmt: skip
         self.batch_size, self.image_size, self.augment, self.num_workers = batch_size, image_size, augment, num_workers
-        self.gallery_choice, self.split_seed = gallery, split_seed
+        self.gallery_choice, self.on_bad_sample, self.split_seed = gallery, on_bad_sample, split_seed
         self.skipped, self._logged_skipped = 0, 0
         found = self.read()
         for line in found.skipped:
@@ -142,13 +135,10 @@ class DiskDataModule(L.LightningDataModule):
 
     # --- Bad data ------------------------------------------------------------------------------------------------
 
-    @property
-    def on_bad_sample(self) -> str:
-        return self.rejects.on_bad_sample
-
     def reject(self, line: str) -> None:
         """A bad sample: stop (`on_bad_sample=fail`) or count it (`skip`), warning once."""
-        self.rejects(line)  # fail: raises BadData naming the sample
+        if self.on_bad_sample == "fail":
+            raise bad_sample(line)
         if self.skipped == 0:
             warnings.warn(f"skipping bad samples (data.on_bad_sample=skip), the first: {line}", stacklevel=2)
         self.skipped += 1

@@ -21,9 +21,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nanovlm.data.index import coco, shards, table
-from nanovlm.data.index.samples import BadData, Pairs, Rejects
+from nanovlm.data.index.samples import ON_BAD_SAMPLE, BadData, Pairs, Rejects
+from nanovlm.run.config import ConfigError, check_value
 
-__all__ = ["FORMATS", "BadData", "Index", "Pairs", "load", "preread"]
+__all__ = ["FORMATS", "BadData", "Index", "Pairs", "check_shared", "load", "preread"]
+
+GALLERIES = ("val", "world")
 
 Reader = Callable[..., tuple[Pairs, Pairs | None]]
 
@@ -68,17 +71,39 @@ def load(reader: Reader, on_bad_sample: str, **keys: Any) -> Index:
     return found if found is not None else read(reader, on_bad_sample, **keys)
 
 
+def check_shared(keys: dict[str, Any]) -> None:
+    """The keys every disk format shares, those of `keys` present: checked before an index is read (by `preread`
+    and by DiskDataModule), so that a typo does not wait for every image file to be checked."""
+    for name in ("batch_size", "val_fraction"):
+        if name in keys:
+            check_value(f"data.{name}", keys[name])
+    for name, allowed in (("gallery", GALLERIES), ("on_bad_sample", ON_BAD_SAMPLE)):
+        if name in keys and keys[name] not in allowed:
+            raise ConfigError(f"data.{name} must be one of {', '.join(allowed)}, got {keys[name]!r}")
+    if isinstance(keys.get("image_size"), int) and keys["image_size"] < 8:
+        raise ConfigError(f"data.image_size must be >= 8 pixels, got {keys['image_size']}")
+    if isinstance(keys.get("num_workers"), int) and keys["num_workers"] < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {keys['num_workers']}")
+
+
 def preread(data: DictConfig) -> None:
     """Read and check the index `data` (the run's data config) names, if it is a disk format: BadData at the first
-    bad sample (`on_bad_sample=fail`). A required key left unset (???) is left for the datamodule to report."""
+    bad sample (`on_bad_sample=fail`). What is not a ConfigError here (a key left unset, a value of the wrong type,
+    a brace pattern braceexpand refuses) is left to the config's validation and the datamodule, which say it in
+    one line; so are the trainer's settings, which need torch and are checked after this."""
+    _handed.clear()
     reader = FORMATS.get(str(data.get("_target_", "")))
-    if reader is None:
-        return
-    names = [n for n in inspect.signature(reader).parameters if n != "reject"]
-    if any(OmegaConf.is_missing(data, n) for n in names if n in data):
+    if reader is None or any(OmegaConf.is_missing(data, n) for n in data):
         return
     values = OmegaConf.to_container(data, resolve=True)
+    names = [n for n in inspect.signature(reader).parameters if n != "reject"]
     keys = {n: values[n] for n in names if n in values}
-    on_bad_sample = str(data.get("on_bad_sample", "fail"))
-    _handed.clear()
-    _handed[_key(reader, on_bad_sample, keys)] = read(reader, on_bad_sample, **keys)
+    on_bad_sample = values.get("on_bad_sample", "fail")
+    try:
+        check_shared(values)
+        found = read(reader, on_bad_sample, **keys)
+    except ConfigError:
+        raise
+    except Exception:  # reported in one line by the checks that know the key
+        return
+    _handed[_key(reader, on_bad_sample, keys)] = found

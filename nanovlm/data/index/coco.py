@@ -31,8 +31,8 @@ def read(
         pairs, val_pairs = karpathy_pairs(Path(root) / train, Path(root), folder, reject)
         return checked_files(pairs, reject), checked_files(val_pairs, reject)
     files = [Path(root) / train] + ([Path(root) / val] if val else [])
-    found = [checked_files(coco_pairs(f, folder or images_of(Path(root), f), reject), reject) for f in files]
-    return found[0], found[1] if val else None
+    found = [coco_pairs(f, folder or images_of(Path(root), f), reject) for f in files]  # both indexes, then files
+    return checked_files(found[0], reject), checked_files(found[1], reject) if val else None
 
 
 def images_of(root: Path, annotations: Path) -> Path:

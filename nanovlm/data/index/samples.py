@@ -41,6 +41,11 @@ class Pairs:
         return Pairs([self.images[i] for i in keep], [self.captions[i] for i in keep], [self.where[i] for i in keep])
 
 
+def bad_sample(line: str) -> BadData:
+    """The error a bad sample stops the run with (`data.on_bad_sample=fail`)."""
+    return BadData(f"{line} (data.on_bad_sample=skip skips such samples)")
+
+
 class Rejects:
     """`data.on_bad_sample` applied to each bad sample's line: `fail` raises BadData at the first, `skip` keeps
     the lines (`lines`) and goes on, so the run can say how many it dropped and which came first."""
@@ -53,7 +58,7 @@ class Rejects:
 
     def __call__(self, line: str) -> None:
         if self.on_bad_sample == "fail":
-            raise BadData(f"{line} (data.on_bad_sample=skip skips such samples)")
+            raise bad_sample(line)
         self.lines.append(line)
 
 

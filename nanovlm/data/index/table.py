@@ -23,9 +23,9 @@ def read(
     """(train, val) as FilesDataModule's keys name them; val None without `val_path`. Every image file checked."""
     if not path:
         raise BadData("data.path must name a .csv, .tsv or .jsonl file of image-caption pairs")
-    train = checked_files(read_rows(Path(path), image_key, caption_key, reject), reject)
-    val = checked_files(read_rows(Path(val_path), image_key, caption_key, reject), reject) if val_path else None
-    return train, val
+    train = read_rows(Path(path), image_key, caption_key, reject)
+    val = read_rows(Path(val_path), image_key, caption_key, reject) if val_path else None  # both rows, then files
+    return checked_files(train, reject), checked_files(val, reject) if val is not None else None
 
 
 def read_rows(path: Path, image_key: str, caption_key: str, reject: Rejects) -> Pairs:
