@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from nanovlm.data.disk import DiskDataModule
-from nanovlm.data.index import Index, load
 from nanovlm.data.index.coco import read as read_index
 
 
 class CocoDataModule(DiskDataModule):
     """COCO captions (or a Karpathy split file) under `root`, read by nanovlm.data.index.coco; the other keys are
     DiskDataModule's."""
+
+    reader = staticmethod(read_index)
 
     def __init__(
         self,
@@ -39,6 +40,3 @@ class CocoDataModule(DiskDataModule):
     ) -> None:
         self.keys = {"root": root, "train": train, "val": val, "split": split, "image_dir": image_dir}
         super().__init__(**common)
-
-    def read(self) -> Index:
-        return load(read_index, self.on_bad_sample, **self.keys)

@@ -20,7 +20,7 @@ instead of decoded by index and share the caption table, the bad-data rules and 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.images import ImageTransform, open_rgb
-from nanovlm.data.index import Index, check_shared
-from nanovlm.data.index.samples import BadData, bad_sample
+from nanovlm.data.index import Index, check_shared, load
+from nanovlm.data.index.samples import BadData, Pairs, bad_sample
 from nanovlm.data.pairs import CaptionTable, PairDataset, collate, gallery_of, split_by_image
 from nanovlm.data.subword import SubwordTokenizer
 from nanovlm.data.tokenizer import TextTokenizer, tokenizer_from_state
@@ -81,6 +81,8 @@ class DiskDataModule(L.LightningDataModule):
     `attributes()` (none: zero-shot on attributes and the attribute pictures skip), `negative_kinds` (none)."""
 
     negative_kinds: tuple[str, ...] = ()
+    reader: Callable[..., tuple[Pairs, Pairs | None]]  # a format's: set with its `keys` (its own constructor args)
+    keys: dict[str, Any]
 
     def __init__(
         self,
@@ -129,9 +131,9 @@ class DiskDataModule(L.LightningDataModule):
         self.images = LazyImages(self, n_images)
 
     def read(self) -> Index:
-        """The format's index, checked (nanovlm.data.index.load); its val None: split train by image
-        (`data.val_fraction`)."""
-        raise NotImplementedError
+        """The format's index, checked: its `reader` (in nanovlm.data.index) called with its own `keys`, or what
+        train.py's `preread` read with them. Its val None: split train by image (`data.val_fraction`)."""
+        return load(self.reader, self.on_bad_sample, **self.keys)
 
     # --- Bad data ------------------------------------------------------------------------------------------------
 

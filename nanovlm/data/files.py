@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from nanovlm.data.disk import DiskDataModule
-from nanovlm.data.index import Index, load
 from nanovlm.data.index.table import read as read_index
 
 
@@ -24,6 +23,8 @@ class FilesDataModule(DiskDataModule):
     """Pairs from a .csv/.tsv/.jsonl file (train) and optionally a second one (val), read by nanovlm.data.index.table.
     See the module docstring; the other keys are DiskDataModule's (batch_size, image_size, augment, num_workers,
     max_tokens, tokenizer, ...)."""
+
+    reader = staticmethod(read_index)
 
     def __init__(
         self,
@@ -35,6 +36,3 @@ class FilesDataModule(DiskDataModule):
     ) -> None:
         self.keys = {"path": path, "val_path": val_path, "image_key": image_key, "caption_key": caption_key}
         super().__init__(**common)
-
-    def read(self) -> Index:
-        return load(read_index, self.on_bad_sample, **self.keys)

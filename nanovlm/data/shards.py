@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nanovlm.data.datamodule import Gallery
 from nanovlm.data.disk import DiskDataModule
 from nanovlm.data.images import BadImage, ImageTransform, open_rgb
-from nanovlm.data.index import Index, load
 from nanovlm.data.index.samples import BadData
 from nanovlm.data.index.shards import IMAGE_EXTENSIONS, split_key
 from nanovlm.data.index.shards import read as read_index
@@ -120,6 +119,8 @@ def shuffled(samples: Iterator[dict[str, Any]], size: int, rng: random.Random) -
 class ShardsDataModule(DiskDataModule):
     """Webdataset shards for training (and validation); the other keys are DiskDataModule's."""
 
+    reader = staticmethod(read_index)
+
     def __init__(
         self,
         train_shards: str,
@@ -132,10 +133,6 @@ class ShardsDataModule(DiskDataModule):
         self.keys = {"train_shards": train_shards, "val_shards": val_shards}
         self.shuffle_buffer = shuffle_buffer
         super().__init__(**common)
-
-    def read(self) -> Index:
-        """Every shard's headers and captions (nanovlm.data.index.shards); images are decoded when streamed."""
-        return load(read_index, self.on_bad_sample, **self.keys)
 
     def open_image(self, index: int):
         """Sample `index` read from its shard (evaluation's `image=`; training streams instead)."""

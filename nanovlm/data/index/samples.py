@@ -48,11 +48,10 @@ def bad_sample(line: str) -> BadData:
 
 class Rejects:
     """`data.on_bad_sample` applied to each bad sample's line: `fail` raises BadData at the first, `skip` keeps
-    the lines (`lines`) and goes on, so the run can say how many it dropped and which came first."""
+    the lines (`lines`) and goes on, so the run can say how many it dropped and which came first. The value is
+    checked before any reading (`check_shared`)."""
 
     def __init__(self, on_bad_sample: str) -> None:
-        if on_bad_sample not in ON_BAD_SAMPLE:
-            raise ConfigError(f"data.on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {on_bad_sample!r}")
         self.on_bad_sample = on_bad_sample
         self.lines: list[str] = []
 
