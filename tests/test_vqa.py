@@ -21,6 +21,7 @@ from nanovlm.fusion.blind import BlindFusion
 from nanovlm.fusion.cross import CrossFusion
 from nanovlm.fusion.early import EarlyFusion, prefix_lm_mask
 from nanovlm.fusion.late import LateFusion
+from nanovlm.fusion.pairs import PairsFusion, grid_coordinates
 from nanovlm.fusion.sizes import FusionSizes
 from nanovlm.models.text import AttentionTextEncoder
 
@@ -199,10 +200,11 @@ def make(design: str, max_len: int = MAX_LEN + 4, max_answer_len: int = 3):
         "cross": lambda: CrossFusion(sizes, **blocks),
         "late": lambda: LateFusion(sizes, text, hidden=16),
         "blind": lambda: BlindFusion(sizes, text, hidden=16),
+        "pairs": lambda: PairsFusion(sizes, text, width=16, hidden=16),
     }[design]().eval()
 
 
-@pytest.mark.parametrize("design", ["early", "cross", "late", "blind"])
+@pytest.mark.parametrize("design", ["early", "cross", "late", "blind", "pairs"])
 def test_each_design_answers_and_ignores_padding(design):
     fusion = make(design)
     emb, grid = image_inputs()
@@ -236,6 +238,35 @@ def test_cross_fusion_reads_the_answer_at_eos_blind_to_what_follows():
     garbage = q.clone()
     garbage[0, 9:] = TOK.ids["red"]  # after EOS (position 7): causality keeps it out of the answer
     torch.testing.assert_close(fusion(emb, grid, garbage), fusion(emb, grid, q))
+
+
+def test_grid_coordinates_are_column_and_row_of_the_row_major_grid():
+    torch.testing.assert_close(grid_coordinates(4), torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]]))
+    nine = grid_coordinates(9)
+    assert nine[5].tolist() == [1.0, 0.0]  # cell 5: row 1, column 2
+    assert nine[7].tolist() == [0.0, 1.0]  # cell 7: row 2, column 1
+    with pytest.raises(ValueError, match="square"):
+        grid_coordinates(12)
+
+
+def test_pairs_fusion_is_g_over_every_concatenated_pair_then_f():
+    """The broadcast first layer against the Relation Network written out: g on [o_i ; o_j ; q] for each ordered
+    pair with one weight matrix over the concatenation, averaged over the N x N pairs, then f."""
+    fusion = make("pairs")
+    emb, grid = image_inputs(2)
+    q = questions("is the red circle left of the blue square?", "how many circles are there?")
+    objects = torch.cat([fusion.token_norm(grid), grid_coordinates(16).expand(2, -1, -1)], dim=-1)  # [B, N, C + 2]
+    question = fusion.text_encoder(q)
+    weight = torch.cat([fusion.first.weight, fusion.second.weight, fusion.question.weight], dim=1)
+    expected = []
+    for b in range(2):
+        pair_outputs = [
+            fusion.g(torch.cat([objects[b, i], objects[b, j], question[b]]) @ weight.T + fusion.first.bias)
+            for i in range(16)
+            for j in range(16)
+        ]
+        expected.append(fusion.f(fusion.pool_norm(torch.stack(pair_outputs).mean(dim=0))))
+    torch.testing.assert_close(fusion(emb, grid, q), torch.stack(expected))
 
 
 # --- The task -----------------------------------------------------------------------------------------------------

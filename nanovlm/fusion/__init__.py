@@ -6,6 +6,8 @@ image encoder's `encode_with_tokens` (pooled embedding [B, D], token grid [B, N,
 - cross.py   CrossFusion: the captioners' TextDecoder reads the question as its prefix and cross-attends to the
              image tokens (Flamingo / the Cap decoder), the answer is its next token;
 - late.py    LateFusion: the dual encoder's pooled image and question embeddings, concatenated, through an MLP;
+- pairs.py   PairsFusion: a Relation Network (Santoro et al. 2017): an MLP over every pair of coordinate-tagged
+             image tokens with the question, averaged, then an answer MLP;
 - blind.py   BlindFusion: the question embedding alone through the same MLP (the language-prior baseline).
 
 `uses_image` says whether a design reads the picture at all (blind does not: the task then never encodes it).
