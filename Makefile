@@ -7,6 +7,9 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 MIN_BIN := $(VENV_MIN)/bin
 ARGS ?=
+# pytest-xdist: one worker per core, each with its share of the cores; the tests that read the one default run
+# (and the doc commands, which wait for it) in one worker (tests/conftest.py).
+PARALLEL ?= -n auto --dist loadgroup
 
 .PHONY: install install-min train test test-fast test-min lint lint-min clean
 
@@ -34,15 +37,15 @@ train: install
 	$(BIN)/python train.py $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(ARGS)
 
 # The edit-test loop: unit tests only, none marked slow (learning runs, scripts in subprocesses, Lightning's DDP spawn) or
 # integration (a few epochs of train() in-process).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not integration" $(ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow and not integration" $(ARGS)
 
 test-min: install-min
-	$(MIN_BIN)/python -m pytest $(ARGS)
+	$(MIN_BIN)/python -m pytest $(PARALLEL) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

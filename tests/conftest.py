@@ -9,10 +9,12 @@ test_distributed.py fork their two processes on Linux and stay unmarked: there t
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,41 @@ from nanovlm.run.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+# The cores this run may use, before an xdist worker takes its share (`taskset` in CI narrows them for all workers).
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker takes its own share of the cores, so that its
+    torch (train() sizes its threads by the cores it may use) and its subprocesses do not oversubscribe them."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if worker.startswith("gw") and 1 < count <= len(CORES) and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, CORES[int(worker[2:]) % count :: count])
+
+
+@pytest.fixture
+def every_core():
+    """All of the run's cores for one test, also in an xdist worker that holds a share: DDP over two CPU
+    processes needs two (preflight refuses more processes than cores)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    share = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, CORES)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, share)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read the one default run (`default_cli_run`), and the doc commands (whose pool waits for
+    it), go to one xdist worker (`--dist loadgroup`): a session fixture runs once per worker that uses it."""
+    for item in items:
+        if "default_cli_run" in getattr(item, "fixturenames", ()) or item.name.startswith("test_doc_command["):
+            item.add_marker(pytest.mark.xdist_group("default_cli_run"))
 
 
 @pytest.fixture
@@ -46,14 +83,47 @@ def user_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
 
 
+_warm: dict[str, object] = {}
+
+
+def warm_python() -> tuple[list[str], dict[str, str]]:
+    """The command prefix and environment that run `python ...` through tests/warm.py's server, started on first
+    use and stopped when the session ends; with NANOVLM_TEST_COLD=1 set, a plain interpreter (every run cold)."""
+    if os.environ.get("NANOVLM_TEST_COLD"):
+        return [sys.executable], {}
+    if "socket" not in _warm:
+        path = str(Path(tempfile.mkdtemp(prefix="nanovlm-warm-")) / "socket")
+        log = open(Path(path).with_name("server.log"), "w")  # noqa: SIM115 -- a handler's error, if any, is here
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "warm.py"), "--serve", path],
+            cwd=REPO, env=user_env(), stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"tests/warm.py did not start; see {log.name}")
+        atexit.register(server.kill)
+        _warm.update(socket=path, server=server)
+    return [sys.executable, "-S", str(REPO / "tests" / "warm.py")], {"NANOVLM_WARM": str(_warm["socket"])}
+
+
 def run_cli(
-    script: str, *args: str, cwd: Path, timeout: float = 300, wandb_silent: bool = True, env: dict | None = None
+    script: str,
+    *args: str,
+    cwd: Path,
+    timeout: float = 300,
+    wandb_silent: bool = True,
+    env: dict | None = None,
+    cold: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run a top-level script of the repo as a user would, from `cwd`, W&B offline (and silent unless a test
-    is about what the console shows); `env` adds to the environment."""
-    env = {**user_env(), "WANDB_MODE": "offline", **({"WANDB_SILENT": "true"} if wandb_silent else {}), **(env or {})}
+    is about what the console shows); `env` adds to the environment. The script runs in a fork of the warm
+    server (tests/warm.py: torch and Lightning already imported) unless `cold`: a fresh interpreter."""
+    python, warm_env = ([sys.executable], {}) if cold else warm_python()
+    env = {
+        **user_env(), "WANDB_MODE": "offline", **({"WANDB_SILENT": "true"} if wandb_silent else {}), **warm_env,
+        **(env or {}),
+    }  # fmt: skip
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
+        [*python, str(REPO / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -72,6 +142,7 @@ def default_cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sub
     result = run_cli(
         "train.py", "trainer.max_epochs=2", "logger.log_model=true", f"hydra.run.dir={run_dir}", cwd=cwd,
         wandb_silent=False, env={"WANDB_DATA_DIR": str(cwd / "wandb-data")},  # W&B stages artifacts there, not in ~
+        cold=True,  # the suite's one default run from a fresh interpreter, exactly as a user starts it
     )  # fmt: skip
     return run_dir, result
 

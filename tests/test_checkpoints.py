@@ -21,8 +21,8 @@ from nanovlm.evaluate.checkpoint import load_model
 from nanovlm.evaluate.plots import embed_gallery
 from nanovlm.evaluate.retrieval import retrieval
 from nanovlm.run import checkpoints, console, tracking
-from nanovlm.run.preflight import available_cores
 from nanovlm.run.training import train
+from tests.conftest import CORES
 
 TINY = ["model.embed_dim=16", "encoder.channels=[8,16,16,16]", "text_encoder.width=16"]
 
@@ -180,8 +180,8 @@ def test_a_monitor_never_finite_writes_no_best_checkpoint_and_says_why(tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(available_cores() < 2, reason="two CPU processes need two cores (preflight refuses more)")
-def test_two_processes_save_on_the_same_epochs(make_cfg) -> None:
+@pytest.mark.skipif(len(CORES) < 2, reason="two CPU processes need two cores (preflight refuses more)")
+def test_two_processes_save_on_the_same_epochs(make_cfg, every_core) -> None:
     """DDP over 2 CPU processes: trainer.save_checkpoint ends in a barrier, so both ranks must decide alike
     (rank 0's clock decides); the run finishes and last.ckpt and best.ckpt are whole."""
     cfg = make_cfg(*TINY, "trainer=ddp_cpu", "trainer.max_epochs=3", "checkpoint_every_s=1e6")

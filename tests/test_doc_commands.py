@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, user_env
+from tests.conftest import REPO, user_env, warm_python
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LABELS = {"bash", "sh", "shell", "console", "zsh"}
@@ -476,12 +476,16 @@ class Outcome:
 
 def run_one(command: DocCommand, plan: Plan, cwd: Path, run_dir: Path | None) -> Outcome:
     """One command in its block's dir `cwd`, with the block's shell variables set before it."""
+    python, warm_env = warm_python()  # each `python ...` of the line a fork of the warm server (tests/warm.py)
     env = {**user_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "NANOVLM_DOC_RUN": str(run_dir or "")}
+    env.update(warm_env)
     assignments = "".join(f"{name}={shlex.quote(value)}\n" for name, value in command.variables.items())
+    exe = shlex.quote(sys.executable)
+    line = re.sub(rf"(?<!\S){re.escape(exe)}(?=\s)", " ".join(map(shlex.quote, python)), plan.script)
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            ["bash", "-eo", "pipefail", "-c", assignments + plan.script],
+            ["bash", "-eo", "pipefail", "-c", assignments + line],
             cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
         )  # fmt: skip
         code, output = done.returncode, done.stdout + done.stderr
