@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: the composed config shrunk for tests, each test in its own run dir; running the
-top-level scripts as a user would; reading an offline W&B run back.
+top-level scripts as a user would (through the warm interpreter of tests/warm.py, torch and Lightning imported
+once); reading an offline W&B run back; each pytest-xdist worker's share of the cores.
 
 Tests marked `slow` train to convergence, run a script in a subprocess, spawn Lightning's DDP processes or draw
 many random configs; tests marked `integration` train in-process for a few epochs. `make test-fast` skips both;
