@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def warm_python() -> tuple[list[str], dict[str, str]]:
         )  # fmt: skip
         if server.stdout is None or server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"tests/warm.py did not start; see {log.name}")
+        atexit.register(shutil.rmtree, Path(path).parent, ignore_errors=True)  # runs after the kill below
         atexit.register(server.kill)
         _warm.update(socket=path, server=server)
     return [sys.executable, "-S", str(REPO / "tests" / "warm.py")], {"NANOVLM_WARM": str(_warm["socket"])}
