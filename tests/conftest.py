@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def user_env() -> dict[str, str]:
 
 
 _warm: dict[str, object] = {}
+_warm_lock = threading.Lock()
 
 
 def warm_python() -> tuple[list[str], dict[str, str]]:
@@ -93,12 +95,17 @@ def warm_python() -> tuple[list[str], dict[str, str]]:
     use and stopped when the session ends; with NANOVLM_TEST_COLD=1 set, a plain interpreter (every run cold)."""
     if os.environ.get("NANOVLM_TEST_COLD"):
         return [sys.executable], {}
+    with _warm_lock:  # the doc-command pool asks from several threads at once
+        return _start_warm()
+
+
+def _start_warm() -> tuple[list[str], dict[str, str]]:
     if "socket" not in _warm:
         path = str(Path(tempfile.mkdtemp(prefix="nanovlm-warm-")) / "socket")
         log = open(Path(path).with_name("server.log"), "w")  # noqa: SIM115 -- a handler's error, if any, is here
         server = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "warm.py"), "--serve", path],
-            cwd=REPO, env=user_env(), stdout=subprocess.PIPE, stderr=log, text=True,
+            cwd=REPO, env=user_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         if server.stdout is None or server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"tests/warm.py did not start; see {log.name}")

@@ -96,6 +96,8 @@ def _receive_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 def _become_the_script(request: dict, fds: list[int]) -> None:
     """In the runner: take the client's stdio, cwd, environment and argv, then run the script as __main__."""
+    import io
+    import random
     import runpy
 
     for target, fd in enumerate(fds):
@@ -108,13 +110,20 @@ def _become_the_script(request: dict, fds: list[int]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # New stream objects on the client's descriptors, buffered as a fresh interpreter's would be.
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
+    if os.environ.get("PYTHONUNBUFFERED"):
+        sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False), write_through=True)  # noqa: SIM115
+    else:
+        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
+    sys.__stdout__ = sys.stdout
     sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    random.seed()  # a fresh interpreter's seeds, not the server's state shared by every fork
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     kind, target = warm_target(request["args"])  # type: ignore[misc]
     if kind == "path":
         sys.argv = request["args"]
         sys.path[0] = os.path.dirname(os.path.abspath(target))
-        runpy.run_path(target, run_name="__main__")
+        runpy.run_path(os.path.abspath(target), run_name="__main__")  # __main__.__file__ absolute, as since 3.9
     else:
         sys.argv = [target, *request["args"][2:]]
         sys.path[0] = request["cwd"]
@@ -151,6 +160,7 @@ def _handle(conn: socket.socket) -> None:
 def serve(path: str) -> None:
     """Import what the scripts import, then fork a handler for each connection until terminated."""
     import gc
+    import select
 
     import hydra  # noqa: F401
     import lightning  # noqa: F401
@@ -165,7 +175,12 @@ def serve(path: str) -> None:
     listener.bind(path)
     listener.listen(64)
     print("ready", flush=True)
-    while True:
+    while True:  # until the suite closes our stdin (also when pytest dies without its atexit)
+        readable, _, _ = select.select([listener, sys.stdin], [], [])
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+            return
+        if listener not in readable:
+            continue
         conn, _ = listener.accept()
         if os.fork() == 0:
             listener.close()
