@@ -86,7 +86,7 @@ def user_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
 
 
-_warm: dict[str, object] = {}
+_warm: dict[str, str] = {}  # the running server's socket path
 _warm_lock = threading.Lock()
 
 
@@ -111,8 +111,8 @@ def _start_warm() -> tuple[list[str], dict[str, str]]:
             raise RuntimeError(f"tests/warm.py did not start; see {log.name}")
         atexit.register(shutil.rmtree, Path(path).parent, ignore_errors=True)  # runs after the kill below
         atexit.register(server.kill)
-        _warm.update(socket=path, server=server)
-    return [sys.executable, "-S", str(REPO / "tests" / "warm.py")], {"NANOVLM_WARM": str(_warm["socket"])}
+        _warm["socket"] = path
+    return [sys.executable, "-S", str(REPO / "tests" / "warm.py")], {"NANOVLM_WARM": _warm["socket"]}
 
 
 def run_cli(

@@ -158,7 +158,7 @@ def _handle(conn: socket.socket) -> None:
 
 
 def serve(path: str) -> None:
-    """Import what the scripts import, then fork a handler for each connection until terminated."""
+    """Import what the scripts import, then fork a handler for each connection until stdin closes."""
     import gc
     import select
 
