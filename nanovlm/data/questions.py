@@ -198,17 +198,29 @@ def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo
     return tuple(objects), Question(family, (key, relation, anchor[0], anchor[1]))
 
 
+def reachable_answers(family: str, combos: Sequence[Combo]) -> tuple[str, ...]:
+    """The answers of `family` that scenes of `combos` can have: a query answers only the colours (or shapes) the
+    combos hold; every other family's answers are all reachable from any two combos of distinct colours and
+    shapes."""
+    if family == "query_colour":
+        return tuple(a for a in FAMILY_ANSWERS[family] if any(c == a for c, _ in combos))
+    if family == "query_shape":
+        return tuple(a for a in FAMILY_ANSWERS[family] if any(s == a for _, s in combos))
+    return FAMILY_ANSWERS[family]
+
+
 def generate(
     n: int, combos: Sequence[Combo], seed: int, families: Sequence[str] = FAMILIES
 ) -> list[tuple[Scene, Question, str]]:
-    """`n` (scene, question, answer) triples: `families` in turn, each family's answers in turn (so both are
-    balanced to within one), every answer checked by `answer`."""
+    """`n` (scene, question, answer) triples: `families` in turn, each family's reachable answers in turn (so both
+    are balanced to within one), every answer checked by `answer`."""
     rng = random.Random(seed)
     out = []
     turns = {family: 0 for family in families}
+    reachable = {family: reachable_answers(family, combos) for family in families}
     for i in range(n):
         family = families[i % len(families)]
-        answers = FAMILY_ANSWERS[family]
+        answers = reachable[family]
         target = answers[turns[family] % len(answers)]
         turns[family] += 1
         for _ in range(10_000):

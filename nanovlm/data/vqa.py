@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from nanovlm.data.curriculum import StagedSampler, first_combos
 from nanovlm.data.questions import ANSWERS, FAMILIES, NUMBERS, RELATIONS, Combo, Question, Scene, generate
 from nanovlm.data.shapes import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, build_tensors
 from nanovlm.data.tokenizer import CLS, register_tokenizer
@@ -115,7 +116,10 @@ class VQADataModule(L.LightningDataModule):
     """The question world, generated in memory at start-up, served as tensor slices.
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
     train; `split_seed` seeds the generation (train and val are drawn with seeds of their own); `families` asks
-    only those question families (all six by default), to study one skill on its own."""
+    only those question families (all six by default), to study one skill on its own. `curriculum_epochs` > 0
+    trains the first that many epochs on questions about scenes of `curriculum_combos` of the training combos
+    only (a quarter as many as train, each asked four times an epoch; nanovlm.data.curriculum), then on the
+    training questions."""
 
     def __init__(
         self,
@@ -126,6 +130,8 @@ class VQADataModule(L.LightningDataModule):
         split_seed: int = 0,
         image_size: int = 32,
         families: list[str] | None = None,
+        curriculum_epochs: int = 0,
+        curriculum_combos: int = 4,
     ) -> None:
         super().__init__()
         families = list(families or FAMILIES)
@@ -142,6 +148,8 @@ class VQADataModule(L.LightningDataModule):
                 f"data.n_questions x data.val_fraction and the rest must each be >= {len(families)} (a question per "
                 f"family), got {n_questions} x {val_fraction}"
             )
+        if curriculum_epochs < 0:
+            raise ValueError(f"data.curriculum_epochs must be >= 0 (0: no curriculum), got {curriculum_epochs}")
         if image_size < 8:
             raise ValueError(f"data.image_size must be >= 8 pixels, got {image_size}")
         self.batch_size, self.split, self.image_size = batch_size, split, image_size
@@ -150,6 +158,11 @@ class VQADataModule(L.LightningDataModule):
             parts = [(n_train, ALL_COMBOS, 0), (n_val, ALL_COMBOS, 0)]
         else:  # train on A; validate on B and on held-out A images
             parts = [(n_train, cogent_combos("A"), 0), (n_val, cogent_combos("B"), 1), (n_val, cogent_combos("A"), 0)]
+        n_split = sum(n for n, _, _ in parts)
+        self.curriculum_epochs = curriculum_epochs
+        self.first_combos = first_combos(parts[0][1], curriculum_combos, split_seed) if curriculum_epochs else ()
+        if curriculum_epochs:  # generated last, so the train and val questions are the same with or without it
+            parts.append((-(-n_train // 4), self.first_combos, 0))  # a quarter: four combos need fewer
         items = [
             (*item, cond)
             for k, (n, combos, cond) in enumerate(parts)
@@ -165,7 +178,9 @@ class VQADataModule(L.LightningDataModule):
         self.family = torch.tensor([FAMILIES.index(q.family) for q in self.questions])
         self.condition = torch.tensor([c for *_, c in items])
         self.train_idx = torch.arange(n_train)
-        self.val_idx = torch.arange(n_train, len(items))
+        self.val_idx = torch.arange(n_train, n_split)
+        self.first_idx = torch.arange(n_split, len(items))  # the curriculum's questions (empty without one)
+        self.all_idx = torch.arange(len(items))
 
     @classmethod
     def world_tokenizer(cls) -> QuestionTokenizer:
@@ -193,7 +208,8 @@ class VQADataModule(L.LightningDataModule):
         """The whole world on the training device once: batches are slices of device tensors."""
         if self.trainer is not None:
             device = self.trainer.strategy.root_device
-            for name in ("pixels", "tokens", "answer", "family", "condition", "train_idx", "val_idx"):
+            names = ("pixels", "tokens", "answer", "family", "condition", "train_idx", "val_idx", "first_idx", "all_idx")
+            for name in names:
                 setattr(self, name, getattr(self, name).to(device))
 
     def _loader(self, indices: torch.Tensor, shuffle: bool) -> DataLoader:
@@ -203,7 +219,13 @@ class VQADataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_idx, shuffle=True)
+        if not self.curriculum_epochs:
+            return self._loader(self.train_idx, shuffle=True)
+        epoch = lambda: self.trainer.current_epoch if self.trainer is not None else 0  # noqa: E731
+        sampler = StagedSampler(self.first_idx, self.train_idx, self.curriculum_epochs, epoch)
+        return DataLoader(
+            self.all_idx, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda ix: self.batch(torch.stack(ix))
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_idx, shuffle=False)
