@@ -208,8 +208,8 @@ class VQADataModule(L.LightningDataModule):
         """The whole world on the training device once: batches are slices of device tensors."""
         if self.trainer is not None:
             device = self.trainer.strategy.root_device
-            names = ("pixels", "tokens", "answer", "family", "condition", "train_idx", "val_idx", "first_idx", "all_idx")
-            for name in names:
+            tensors = ("pixels", "tokens", "answer", "family", "condition")
+            for name in (*tensors, "train_idx", "val_idx", "first_idx", "all_idx"):
                 setattr(self, name, getattr(self, name).to(device))
 
     def _loader(self, indices: torch.Tensor, shuffle: bool) -> DataLoader:
