@@ -137,8 +137,11 @@ def _value(rng: random.Random, combos: Sequence[Combo], attribute: str) -> str:
     return rng.choice(sorted({c[0] if attribute == "colour" else c[1] for c in combos}))
 
 
-def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo]) -> tuple[Scene, Question]:
-    """One (scene, question) of `family` built to have answer `target`, objects drawn from `combos` only."""
+def propose(
+    rng: random.Random, family: str, target: str, combos: Sequence[Combo], relations: Sequence[str] = RELATIONS
+) -> tuple[Scene, Question]:
+    """One (scene, question) of `family` built to have answer `target`, objects drawn from `combos` only, spatial
+    words from `relations` only."""
     used: set[int] = set()
     anything = lambda c: True  # noqa: E731
     if family == "exist":
@@ -178,7 +181,7 @@ def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo
             lambda c: not _matches((*c, 0), attribute, x) and not _matches((*c, 0), attribute, y),
         )
         return tuple(objects), Question(family, (attribute, x, y))
-    relation = rng.choice(RELATIONS)
+    relation = rng.choice(relations)
     if family == "relation":
         first, second = rng.sample(list(combos), 2)
         objects = _place(rng, combos, 2, used, anything)
@@ -194,7 +197,7 @@ def propose(rng: random.Random, family: str, target: str, combos: Sequence[Combo
     if rng.random() < 0.5 or len(others) == 0:
         return tuple(objects), Question(family, (key,))
     anchor = others[0]
-    relation = next((r for r in rng.sample(RELATIONS, 4) if holds(r, objects[0], anchor)), relation)
+    relation = next((r for r in rng.sample(list(relations), len(relations)) if holds(r, objects[0], anchor)), relation)
     return tuple(objects), Question(family, (key, relation, anchor[0], anchor[1]))
 
 
@@ -210,10 +213,14 @@ def reachable_answers(family: str, combos: Sequence[Combo]) -> tuple[str, ...]:
 
 
 def generate(
-    n: int, combos: Sequence[Combo], seed: int, families: Sequence[str] = FAMILIES
+    n: int,
+    combos: Sequence[Combo],
+    seed: int,
+    families: Sequence[str] = FAMILIES,
+    relations: Sequence[str] = RELATIONS,
 ) -> list[tuple[Scene, Question, str]]:
     """`n` (scene, question, answer) triples: `families` in turn, each family's reachable answers in turn (so both
-    are balanced to within one), every answer checked by `answer`."""
+    are balanced to within one), every answer checked by `answer`; spatial words drawn from `relations`."""
     rng = random.Random(seed)
     out = []
     turns = {family: 0 for family in families}
@@ -224,7 +231,7 @@ def generate(
         target = answers[turns[family] % len(answers)]
         turns[family] += 1
         for _ in range(10_000):
-            scene, question = propose(rng, family, target, combos)
+            scene, question = propose(rng, family, target, combos, relations)
             if answer(scene, question) == target:
                 break
         else:  # pragma: no cover - a combos list that cannot produce the answer

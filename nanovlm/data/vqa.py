@@ -116,7 +116,8 @@ class VQADataModule(L.LightningDataModule):
     """The question world, generated in memory at start-up, served as tensor slices.
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
     train; `split_seed` seeds the generation (train and val are drawn with seeds of their own); `families` asks
-    only those question families (all six by default), to study one skill on its own. `curriculum_epochs` > 0
+    only those question families (all six by default), to study one skill on its own; `relations` asks only those
+    spatial words (all four by default) in the relation family and the query families' clauses. `curriculum_epochs` > 0
     trains the first that many epochs on questions about scenes of `curriculum_combos` of the training combos
     only (a quarter as many as train, each asked four times an epoch; nanovlm.data.curriculum), then on the
     training questions."""
@@ -130,6 +131,7 @@ class VQADataModule(L.LightningDataModule):
         split_seed: int = 0,
         image_size: int = 32,
         families: list[str] | None = None,
+        relations: list[str] | None = None,
         curriculum_epochs: int = 0,
         curriculum_combos: int = 4,
     ) -> None:
@@ -137,6 +139,9 @@ class VQADataModule(L.LightningDataModule):
         families = list(families or FAMILIES)
         if not families or any(f not in FAMILIES for f in families) or len(set(families)) < len(families):
             raise ValueError(f"data.families must be distinct families of: {', '.join(FAMILIES)}; got {families}")
+        relations = list(relations or RELATIONS)
+        if any(r not in RELATIONS for r in relations) or len(set(relations)) < len(relations):
+            raise ValueError(f"data.relations must be distinct words of: {', '.join(RELATIONS)}; got {relations}")
         check_value("data.batch_size", batch_size)  # the ranges live in nanovlm.run.config.RULES
         check_value("data.val_fraction", val_fraction)
         n_val = round(n_questions * val_fraction)
@@ -166,7 +171,7 @@ class VQADataModule(L.LightningDataModule):
         items = [
             (*item, cond)
             for k, (n, combos, cond) in enumerate(parts)
-            for item in generate(n, combos, split_seed * 10 + k, families)
+            for item in generate(n, combos, split_seed * 10 + k, families, relations)
         ]
         self.scenes: list[Scene] = [s for s, _, _, _ in items]
         self.questions: list[Question] = [q for _, q, _, _ in items]
