@@ -159,7 +159,6 @@ def test_families_asks_only_those_and_keeps_them_balanced():
         VQADataModule(n_questions=60, families=["colour"])
 
 
-
 def test_relations_asks_only_those_spatial_words_and_keeps_answers_true():
     families = ["relation", "query_colour", "query_shape"]
     world = VQADataModule(n_questions=240, val_fraction=0.25, families=families, relations=["left of"])
@@ -170,6 +169,7 @@ def test_relations_asks_only_those_spatial_words_and_keeps_answers_true():
     assert set(spatial) == {"left"} and spatial["left"] >= 80  # every relation question, half the queries
     with pytest.raises(ValueError, match=r"^data.relations must be distinct words of: left of, right of, above"):
         VQADataModule(n_questions=60, relations=["near"])
+
 
 # --- The fusion designs -------------------------------------------------------------------------------------------
 
