@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from nanovlm.data.curriculum import StagedSampler, first_combos
@@ -227,6 +228,12 @@ class VQADataModule(L.LightningDataModule):
         if not self.curriculum_epochs:
             return self._loader(self.train_idx, shuffle=True)
         epoch = lambda: self.trainer.current_epoch if self.trainer is not None else 0  # noqa: E731
+        max_epochs = self.trainer.max_epochs if self.trainer is not None else None
+        if max_epochs is not None and 0 <= max_epochs <= self.curriculum_epochs:
+            rank_zero_warn(
+                f"data.curriculum_epochs={self.curriculum_epochs} >= trainer.max_epochs={max_epochs}: every epoch "
+                f"trains on the curriculum's {len(self.first_combos)} combos only (data.curriculum_epochs=0: none)"
+            )
         sampler = StagedSampler(self.first_idx, self.train_idx, self.curriculum_epochs, epoch)
         return DataLoader(
             self.all_idx, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda ix: self.batch(torch.stack(ix))
