@@ -36,9 +36,9 @@ def test_reachable_answers_are_the_colours_and_shapes_the_combos_hold():
     assert reachable_answers("count", combos) == ("0", "1", "2", "3", "4")
 
 
-@pytest.fixture(scope="module")
-def worlds() -> tuple[VQADataModule, VQADataModule]:
-    settings = {"n_questions": 600, "val_fraction": 0.2, "split_seed": 1}
+@pytest.fixture(scope="module", params=["random", "cogent"])
+def worlds(request) -> tuple[VQADataModule, VQADataModule]:
+    settings = {"n_questions": 600, "val_fraction": 0.2, "split_seed": 1, "split": request.param}
     return VQADataModule(**settings), VQADataModule(**settings, curriculum_epochs=1, curriculum_combos=4)
 
 
@@ -46,17 +46,27 @@ def test_the_curriculum_asks_about_its_combos_only_and_leaves_train_and_val_unch
     plain, staged = worlds
     n_train = len(plain.train_idx)
     assert torch.equal(staged.train_idx, plain.train_idx) and torch.equal(staged.val_idx, plain.val_idx)
-    end = len(plain.all_idx)
+    end = len(plain.all_idx)  # train, then val (on CoGenT: B, then held-out A)
     assert staged.texts[:end] == plain.texts and torch.equal(staged.pixels[:end], plain.pixels)
+    assert torch.equal(staged.condition[:end], plain.condition)
     first = staged.first_idx.tolist()
-    assert len(first) == -(-n_train // 4) and min(first) == end
+    assert len(first) == -(-n_train // 4) and min(first) == end and max(first) == len(staged.all_idx) - 1
     chosen = set(staged.first_combos)
+    assert chosen <= set(ALL_COMBOS if plain.split == "random" else cogent_combos("A"))  # train's combos only
     per_family = Counter()
     for i in first:
         assert {o[:2] for o in staged.scenes[i]} <= chosen, staged.scenes[i]
         assert answer(staged.scenes[i], staged.questions[i]) == staged.answers[i]
+        assert int(staged.condition[i]) == 0
         per_family[staged.questions[i].family] += 1
     assert set(per_family) == set(FAMILIES)  # every family is asked about the few combos too
+
+
+def test_bad_curriculum_and_relation_settings_are_one_line_naming_the_key():
+    with pytest.raises(ValueError, match=r"^data.curriculum_epochs must be >= 0"):
+        VQADataModule(n_questions=60, curriculum_epochs=-1)
+    with pytest.raises(ValueError, match=r"^data.relations must name at least one spatial word"):
+        VQADataModule(n_questions=60, relations=[])
 
 
 def test_staged_sampler_serves_the_first_stage_then_the_second():
@@ -70,6 +80,10 @@ def test_staged_sampler_serves_the_first_stage_then_the_second():
         assert max(Counter(drawn).values()) - min(Counter(drawn).values()) <= 1  # whole passes over the 3, in turn
     epoch[0] = 2
     assert sorted(sampler) == list(range(10))
+    again = StagedSampler(first, then, epochs=2, epoch=lambda: epoch[0])  # same seed and epoch: same order
+    assert list(again) == list(sampler)
+    other = StagedSampler(first, then, epochs=2, epoch=lambda: epoch[0], seed=1)
+    assert list(other) != list(sampler)
 
 
 class _Indices(L.Callback):
@@ -91,3 +105,12 @@ def test_train_sees_the_curriculum_first_then_the_training_questions(make_cfg):
     world = VQADataModule(n_questions=600, val_fraction=0.2, curriculum_epochs=1)
     assert seen.by_epoch[0] == set(world.first_idx.tolist())
     assert seen.by_epoch[1] == set(world.train_idx.tolist())
+
+
+@pytest.mark.integration
+def test_a_curriculum_as_long_as_the_run_warns_that_it_fills_every_epoch(make_cfg):
+    from nanovlm.run.training import train
+
+    settings = ["data.n_questions=120", "data.val_fraction=0.5", "data.batch_size=64", "data.curriculum_epochs=1"]
+    with pytest.warns(UserWarning, match=r"data.curriculum_epochs=1 >= trainer.max_epochs=1: every epoch trains on"):
+        train(make_cfg("data=vqa", "fusion=blind", "trainer.max_epochs=1", *settings))

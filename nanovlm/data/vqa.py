@@ -10,7 +10,8 @@ by question. Two splits:
 
 Questions vary in length, so they are tokenized by `QuestionTokenizer`: a closed word list with PAD and EOS.
 A batch is {"image" [B, 3, S, S] in [0, 1], "tokens" [B, L] (BOS, words, EOS, PAD...), "answer" [B] (an index
-into ANSWERS), "family" [B] (an index into FAMILIES), "condition" [B] (0: A / the random split, 1: B), "index" [B]}.
+into ANSWERS), "family" [B] (an index into FAMILIES), "condition" [B] (0: A / the random split, 1: B), "index" [B]}
+(past the val questions for the curriculum's own, nanovlm.data.curriculum).
 """
 
 from __future__ import annotations
@@ -118,10 +119,10 @@ class VQADataModule(L.LightningDataModule):
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
     train; `split_seed` seeds the generation (train and val are drawn with seeds of their own); `families` asks
     only those question families (all six by default), to study one skill on its own; `relations` asks only those
-    spatial words (all four by default) in the relation family and the query families' clauses. `curriculum_epochs` > 0
-    trains the first that many epochs on questions about scenes of `curriculum_combos` of the training combos
-    only (a quarter as many as train, each asked four times an epoch; nanovlm.data.curriculum), then on the
-    training questions."""
+    spatial words (all four by default) in the relation family and the query families' clauses.
+    `curriculum_epochs` > 0 trains the first that many epochs on questions about scenes of `curriculum_combos` of
+    the training combos only (a quarter as many as train, each asked four times an epoch; nanovlm.data.curriculum),
+    then on the training questions; conf/data/vqa.yaml sets 3, a world constructed directly has none."""
 
     def __init__(
         self,
@@ -140,6 +141,8 @@ class VQADataModule(L.LightningDataModule):
         families = list(families or FAMILIES)
         if not families or any(f not in FAMILIES for f in families) or len(set(families)) < len(families):
             raise ValueError(f"data.families must be distinct families of: {', '.join(FAMILIES)}; got {families}")
+        if relations is not None and not relations:
+            raise ValueError("data.relations must name at least one spatial word, or be null (all four)")
         relations = list(relations or RELATIONS)
         if any(r not in RELATIONS for r in relations) or len(set(relations)) < len(relations):
             raise ValueError(f"data.relations must be distinct words of: {', '.join(RELATIONS)}; got {relations}")
@@ -234,7 +237,8 @@ class VQADataModule(L.LightningDataModule):
                 f"data.curriculum_epochs={self.curriculum_epochs} >= trainer.max_epochs={max_epochs}: every epoch "
                 f"trains on the curriculum's {len(self.first_combos)} combos only (data.curriculum_epochs=0: none)"
             )
-        sampler = StagedSampler(self.first_idx, self.train_idx, self.curriculum_epochs, epoch)
+        seed = torch.initial_seed()  # train()'s seed_everything(cfg.seed): the same on every rank
+        sampler = StagedSampler(self.first_idx, self.train_idx, self.curriculum_epochs, epoch, seed)
         return DataLoader(
             self.all_idx, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda ix: self.batch(torch.stack(ix))
         )
