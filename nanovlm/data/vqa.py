@@ -169,8 +169,9 @@ class VQADataModule(L.LightningDataModule):
             parts = [(n_train, cogent_combos("A"), 0), (n_val, cogent_combos("B"), 1), (n_val, cogent_combos("A"), 0)]
         n_split = sum(n for n, _, _ in parts)
         self.curriculum_epochs = curriculum_epochs
-        self.first_combos = first_combos(parts[0][1], curriculum_combos, split_seed) if curriculum_epochs else ()
+        self.first_combos: tuple[Combo, ...] = ()
         if curriculum_epochs:  # generated last, so the train and val questions are the same with or without it
+            self.first_combos = first_combos(parts[0][1], curriculum_combos, split_seed)
             parts.append((-(-n_train // 4), self.first_combos, 0))  # a quarter: four combos need fewer
         items = [
             (*item, cond)
@@ -221,11 +222,10 @@ class VQADataModule(L.LightningDataModule):
             for name in (*tensors, "train_idx", "val_idx", "first_idx", "all_idx"):
                 setattr(self, name, getattr(self, name).to(device))
 
-    def _loader(self, indices: torch.Tensor, shuffle: bool) -> DataLoader:
+    def _loader(self, indices: torch.Tensor, shuffle: bool, sampler: StagedSampler | None = None) -> DataLoader:
         # Batches of indices; the batch dict is sliced from the device tensors in one go per batch.
-        return DataLoader(
-            indices, batch_size=self.batch_size, shuffle=shuffle, collate_fn=lambda ix: self.batch(torch.stack(ix))
-        )
+        collate = lambda ix: self.batch(torch.stack(ix))  # noqa: E731
+        return DataLoader(indices, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader:
         if not self.curriculum_epochs:
@@ -239,9 +239,7 @@ class VQADataModule(L.LightningDataModule):
             )
         seed = torch.initial_seed()  # train()'s seed_everything(cfg.seed): the same on every rank
         sampler = StagedSampler(self.first_idx, self.train_idx, self.curriculum_epochs, epoch, seed)
-        return DataLoader(
-            self.all_idx, batch_size=self.batch_size, sampler=sampler, collate_fn=lambda ix: self.batch(torch.stack(ix))
-        )
+        return self._loader(self.all_idx, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_idx, shuffle=False)
