@@ -58,12 +58,38 @@ def every_core():
         os.sched_setaffinity(0, share)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests that read the one default run (`default_cli_run`), and the doc commands (whose pool waits for
-    it), go to one xdist worker (`--dist loadgroup`): a session fixture runs once per worker that uses it."""
+    it), go to one xdist worker (`--dist loadgroup`): a session fixture runs once per worker that uses it.
+    First among the hooks: xdist's worker writes each test's `xdist_group` marks into its node id in this same
+    hook, and a mark added after that is not seen."""
     for item in items:
         if "default_cli_run" in getattr(item, "fixturenames", ()) or item.name.startswith("test_doc_command["):
             item.add_marker(pytest.mark.xdist_group("default_cli_run"))
+
+
+UNGROUPED = pytest.StashKey[str]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail the grouped tests if `--dist loadgroup` did not group them: xdist tells its scheduler a test's group
+    by a suffix `@<group>` on the node id, which pytest 9.2 ignores (pytest-xdist#1386); every worker would then
+    train the default run and run every doc command, minutes of the suite twice over. (A worker that raised
+    here would crash without its message reaching the terminal, so the tests fail at set-up instead.)"""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        if any(item.iter_markers("xdist_group")) and "@" not in item.nodeid:
+            item.stash[UNGROUPED] = (
+                f"pytest-xdist --dist loadgroup did not group this test: pytest {pytest.__version__} ignores "
+                "xdist_group here (pytest-xdist#1386); install pytest<9.2 (pyproject.toml's [dev] pins it)"
+            )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if UNGROUPED in item.stash:
+        pytest.fail(item.stash[UNGROUPED], pytrace=False)
 
 
 @pytest.fixture
