@@ -110,7 +110,9 @@ def test_summarise_averages_over_seeds_and_counts_failures(tmp_path: Path) -> No
 
 
 def test_wandb_sweep_yaml_runs_train_py_with_hydra_overrides(tmp_path: Path) -> None:
-    result = run_cli("sweep.py", "sweep=temperature_dim", "--wandb-sweep", cwd=tmp_path)
+    # cold: writing the YAML loads neither torch nor Lightning, and this may be the worker's first script run,
+    # which would start the warm server (seconds of imports) for a command that takes a fraction of one
+    result = run_cli("sweep.py", "sweep=temperature_dim", "--wandb-sweep", cwd=tmp_path, cold=True)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((tmp_path / "wandb_sweep_temperature_dim.yaml").read_text())
     assert config["method"] == "grid" and config["metric"] == {"name": "val/R@1", "goal": "maximize"}

@@ -61,7 +61,8 @@ def client(args: list[str]) -> None:
             conn = None
     if conn is None:
         os.execv(sys.executable, [sys.executable, *args])
-    request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    request = json.dumps({"args": args, "cwd": os.getcwd(), "env": dict(os.environ), "cores": cores}).encode()
     socket.send_fds(conn, [HEADER.pack(len(request))], [0, 1, 2])
     conn.sendall(request)
     buffer = bytearray()
@@ -95,7 +96,8 @@ def _receive_request(conn: socket.socket) -> tuple[dict, list[int]]:
 
 
 def _become_the_script(request: dict, fds: list[int]) -> None:
-    """In the runner: take the client's stdio, cwd, environment and argv, then run the script as __main__."""
+    """In the runner: take the client's stdio, cwd, CPU affinity, environment and argv, then run the script as
+    __main__."""
     import io
     import random
     import runpy
@@ -104,6 +106,8 @@ def _become_the_script(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
+    if request.get("cores") and hasattr(os, "sched_setaffinity"):  # the cores a subprocess of the client would get
+        os.sched_setaffinity(0, request["cores"])
     os.environ.clear()
     os.environ.update(request["env"])
     signal.signal(signal.SIGINT, signal.default_int_handler)
