@@ -356,3 +356,20 @@ def test_every_question_the_families_can_ask_fits_the_tokenizer_whole():
         ids = tok.encode(text)
         assert ids[-1] == tok.pad_id or ids[-1] == tok.eos_id
         assert tok.decode(ids) == text
+
+
+def test_blind_trains_and_counts_only_what_reads_the_question():
+    """fusion=blind never encodes the picture: its image encoder is neither trainable nor in the optimizer, so the
+    parameter count a run reports (model/params, the summary line) is the question model's alone."""
+    from nanovlm.models.image import CNNEncoder
+    from nanovlm.tasks.vqa import VQA
+
+    image_encoder = CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4))
+    fusion = make("blind").train()
+    task = VQA(image_encoder, fusion, torch.optim.AdamW)
+    trainable = {id(p) for p in task.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in fusion.parameters()}
+    optimizer = task.configure_optimizers()
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
+    late = VQA(CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4)), make("late"), torch.optim.AdamW)
+    assert all(p.requires_grad for p in late.image_encoder.parameters())  # a design that reads it trains it

@@ -86,7 +86,9 @@ class VQA(L.LightningModule):
         self.image_encoder, self.fusion, self.loss = image_encoder, fusion, nn.CrossEntropyLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.image_init, self.freeze_image = image_init, freeze_image
-        if freeze_image:
+        # A fusion that never reads the picture (blind) leaves the image encoder untrained: frozen, it is not counted
+        # as trainable (the summary, model/params) nor handed to the optimizer.
+        if freeze_image or not fusion.uses_image:
             self.image_encoder.requires_grad_(False)
         n = len(FAMILIES)
         self.register_buffer("_correct", torch.zeros(2, n), persistent=False)  # [condition, family]
