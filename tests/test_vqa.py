@@ -373,3 +373,32 @@ def test_blind_trains_and_counts_only_what_reads_the_question():
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
     late = VQA(CNNEncoder(embed_dim=8, channels=(4, 4, 4, 4)), make("late"), torch.optim.AdamW)
     assert all(p.requires_grad for p in late.image_encoder.parameters())  # a design that reads it trains it
+
+
+def test_a_query_clause_decides_only_when_the_named_object_is_not_unique():
+    """Hand-built scenes: cells 0-8 row by row, so cell 0 is left of cell 2."""
+    from types import SimpleNamespace
+
+    from nanovlm.data.questions import Question, answer, answer_ignoring_clause, clause_decides
+    from nanovlm.evaluate.vqa import clause_accuracy
+
+    two_circles = (("red", "circle", 0), ("green", "circle", 2), ("blue", "square", 1))
+    which = Question("query_colour", ("circle", "left of", "blue", "square"))
+    assert answer(two_circles, which) == "red"
+    assert clause_decides(two_circles, which)  # "the circle" alone: red or green
+    assert answer_ignoring_clause(two_circles, which, "red") == 0.5
+    one_circle = (("red", "circle", 0), ("blue", "square", 1))
+    assert not clause_decides(one_circle, which)  # the only circle: the clause changes nothing
+    assert not clause_decides(two_circles, Question("query_colour", ("circle",)))  # no clause
+    same_colour = (("red", "circle", 0), ("red", "circle", 2), ("blue", "square", 1), ("green", "circle", 5))
+    shape = Question("query_shape", ("red", "left of", "blue", "square"))
+    assert clause_decides(same_colour, Question("query_colour", ("circle", "left of", "blue", "square")))
+    assert not clause_decides(same_colour, Question("relation", ("red", "circle", "left of", "blue", "square")))
+    assert (
+        answer_ignoring_clause(same_colour, Question("query_colour", ("circle", "below", "blue", "square")), "red")
+        == 2 / 3
+    )
+    assert not clause_decides(one_circle, shape)
+    world = SimpleNamespace(scenes=[two_circles, one_circle], questions=[which, which], answers=["red", "red"])
+    result = clause_accuracy(world, torch.tensor([0, 1]), torch.tensor([True, False]))
+    assert result == {"n": 1, "accuracy": 1.0, "ignoring_clause": 0.5}  # the second item's clause decides nothing

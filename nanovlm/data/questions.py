@@ -119,6 +119,27 @@ def answer(scene: Scene, question: Question) -> str | None:
     return candidates[0][0] if family == "query_colour" else candidates[0][1]
 
 
+def clause_decides(scene: Scene, question: Question) -> bool:
+    """Whether a query's relation clause is what picks its object: more than one object in `scene` has the named
+    colour (query_shape) or shape (query_colour), so "the circle" alone would not say which one."""
+    if question.family not in ("query_colour", "query_shape") or len(question.args) == 1:
+        return False
+    return len(_named(scene, question)) > 1
+
+
+def answer_ignoring_clause(scene: Scene, question: Question, truth: str) -> float:
+    """The accuracy of answering a query from one of its named objects drawn at random, the relation clause
+    ignored: the share of them whose colour (or shape) is `truth`."""
+    named = _named(scene, question)
+    index = 0 if question.family == "query_colour" else 1
+    return sum(o[index] == truth for o in named) / len(named)
+
+
+def _named(scene: Scene, question: Question) -> list[Object]:
+    attribute = "shape" if question.family == "query_colour" else "colour"
+    return [o for o in scene if _matches(o, attribute, question.args[0])]
+
+
 # --- Proposals: a scene and a question likely to have the target answer ----------------------------------------
 
 

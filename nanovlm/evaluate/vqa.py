@@ -1,4 +1,5 @@
-"""Evaluating a VQA checkpoint: accuracy per family, one question about one image, and a picture of example
+"""Evaluating a VQA checkpoint: accuracy per family (and on the queries whose relation clause picks the object), one
+question about one image, and a picture of example
 questions with the model's answers, right and wrong (also drawn at the end of training: plots=vqa, data=vqa's).
 
     python -m nanovlm.evaluate ckpt=... image=17 question="how many circles are there?"
@@ -16,7 +17,7 @@ import lightning as L
 import torch
 from PIL import Image
 
-from nanovlm.data.questions import ANSWERS, FAMILIES, all_questions, answer
+from nanovlm.data.questions import ANSWERS, FAMILIES, all_questions, answer, answer_ignoring_clause, clause_decides
 from nanovlm.data.shapes import IMAGE_SIZE
 from nanovlm.data.vqa import VQADataModule
 
@@ -126,6 +127,24 @@ def read_image(spec: str, datamodule: VQADataModule) -> tuple[torch.Tensor, int 
     return pixels.permute(2, 0, 1).float().div(255), None
 
 
+def clause_accuracy(datamodule: VQADataModule, index: torch.Tensor, right: torch.Tensor) -> dict[str, float]:
+    """The model's accuracy on the query questions among `index` whose relation clause is what picks the object
+    (`clause_decides`), beside the accuracy of ignoring the clause (`answer_ignoring_clause`): above it, the model
+    reads the spatial word, which the yes/no `relation` family alone cannot show while it sits at chance."""
+    hits, baseline = [], []
+    for position, item in enumerate(index.tolist()):
+        scene, question = datamodule.scenes[item], datamodule.questions[item]
+        if clause_decides(scene, question):
+            hits.append(float(right[position]))
+            baseline.append(answer_ignoring_clause(scene, question, datamodule.answers[item]))
+    n = len(hits)
+    return {
+        "n": n,
+        "accuracy": sum(hits) / n if n else float("nan"),
+        "ignoring_clause": sum(baseline) / n if n else float("nan"),
+    }
+
+
 def evaluate_vqa(model: L.LightningModule, datamodule: VQADataModule, cfg: Any, out_dir: Path) -> dict[str, Any]:
     """`python -m nanovlm.evaluate ckpt=<a VQA run's checkpoint> [image=17 question="..."]`: val accuracy per
     family, the example picture and, when asked, the model's answer to one question about one image."""
@@ -168,6 +187,13 @@ def evaluate_vqa(model: L.LightningModule, datamodule: VQADataModule, cfg: Any, 
         + "  ".join(f"{k.removeprefix('vqa_acc_') if k != 'vqa_acc' else 'all'} {v:.3f}" for k, v in accuracy.items())
     )
     results["val"] = accuracy
+    results["clauses"] = clause_accuracy(datamodule, index[condition == target], right[condition == target])
+    if results["clauses"]["n"]:
+        c = results["clauses"]
+        print(
+            f"clauses     {c['n']} query questions whose relation clause picks the object: {c['accuracy']:.3f} "
+            f"(ignoring the clause: {c['ignoring_clause']:.3f})"
+        )
     if cfg.plots:
         results["picture"] = str(draw_val_examples(model, datamodule, out_dir / "vqa_examples.png"))
         print(f"picture     {results['picture']}")
