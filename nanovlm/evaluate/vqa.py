@@ -1,6 +1,6 @@
-"""Evaluating a VQA checkpoint: accuracy per family (and on the queries whose relation clause picks the object), one
-question about one image, and a picture of example
-questions with the model's answers, right and wrong (also drawn at the end of training: plots=vqa, data=vqa's).
+"""Evaluating a VQA checkpoint: accuracy per family and on the queries whose relation clause picks the object, one
+question about one image, and a picture of example questions with the model's answers, right and wrong (also drawn
+at the end of training: plots=vqa, data=vqa's).
 
     python -m nanovlm.evaluate ckpt=... image=17 question="how many circles are there?"
 """
