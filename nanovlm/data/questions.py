@@ -107,8 +107,7 @@ def answer(scene: Scene, question: Question) -> str | None:
         if first is None or second is None:
             return None
         return "yes" if holds(a[2], first, second) else "no"
-    attribute = "shape" if family == "query_colour" else "colour"
-    candidates = [o for o in scene if _matches(o, attribute, a[0])]
+    candidates = _named(scene, question)
     if len(a) > 1:  # "... <relation> the <colour> <shape>": the anchor must be unique too
         anchor = _unique(scene, a[2], a[3])
         if anchor is None:
@@ -136,6 +135,7 @@ def answer_ignoring_clause(scene: Scene, question: Question, truth: str) -> floa
 
 
 def _named(scene: Scene, question: Question) -> list[Object]:
+    """The objects a query's noun names ("the circle", "the red thing"), before any relation clause."""
     attribute = "shape" if question.family == "query_colour" else "colour"
     return [o for o in scene if _matches(o, attribute, question.args[0])]
 
