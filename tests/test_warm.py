@@ -39,7 +39,7 @@ def test_a_warm_run_is_the_cold_run(tmp_path: Path, arg: str) -> None:
     # Run both under other cores than the warm server was started with (xdist gives a worker a share of them):
     # the script must see its caller's, as a subprocess would (taskset where there is one).
     taskset = shutil.which("taskset") if hasattr(os, "sched_getaffinity") else None
-    others = CORES[:1] if os.sched_getaffinity(0) == set(CORES) else CORES
+    others = (CORES[:1] if os.sched_getaffinity(0) == set(CORES) else CORES) if taskset else CORES
     pin = [taskset, "-c", ",".join(map(str, others))] if taskset else []
 
     def run(python: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess:
