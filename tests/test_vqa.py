@@ -12,17 +12,21 @@ from collections import Counter, defaultdict
 
 import pytest
 import torch
+from torch import nn
 
+from nanovlm.data.images import to_tensor
 from nanovlm.data.questions import ANSWERS, FAMILIES, FAMILY_ANSWERS, all_questions
-from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, cell_box
+from nanovlm.data.shapes import COLOURS, POSITIONS, SHAPES, cell_box, render
 from nanovlm.data.tokenizer import tokenizer_from_state
 from nanovlm.data.vqa import MAX_LEN, QuestionTokenizer, VQADataModule, cogent_combos
 from nanovlm.fusion.blind import BlindFusion
 from nanovlm.fusion.cross import CrossFusion
 from nanovlm.fusion.early import EarlyFusion, prefix_lm_mask
+from nanovlm.fusion.film import FiLMBlock, FiLMFusion
 from nanovlm.fusion.late import LateFusion
 from nanovlm.fusion.pairs import PairsFusion, grid_coordinates
 from nanovlm.fusion.sizes import FusionSizes
+from nanovlm.models.state import SceneStateEncoder
 from nanovlm.models.text import AttentionTextEncoder
 
 
@@ -201,22 +205,36 @@ def image_inputs(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return torch.randn(b, 8, generator=g), torch.randn(b, 16, 12, generator=g)  # emb [B, D], tokens [B, N, C]
 
 
+def fusion_sizes(max_len: int) -> FusionSizes:
+    return FusionSizes(vocab_size=TOK.vocab_size, answer_ids=tuple(ANSWER_IDS), max_len=max_len, pad_id=TOK.pad_id,
+                       eos_id=TOK.eos_id, embed_dim=8, token_dim=12, num_tokens=16)  # fmt: skip
+
+
+def question_encoder(max_len: int) -> AttentionTextEncoder:
+    return AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=max_len, pad_id=TOK.pad_id)
+
+
 def make(design: str, max_len: int = MAX_LEN + 4, max_answer_len: int = 3):
     torch.manual_seed(0)
-    sizes = FusionSizes(vocab_size=TOK.vocab_size, answer_ids=tuple(ANSWER_IDS), max_len=max_len, pad_id=TOK.pad_id,
-                        eos_id=TOK.eos_id, embed_dim=8, token_dim=12, num_tokens=16)  # fmt: skip
+    sizes, text = fusion_sizes(max_len), question_encoder(max_len)
     blocks = dict(width=16, depth=1, heads=2)
-    text = AttentionTextEncoder(TOK.vocab_size, 8, width=16, heads=2, max_len=max_len, pad_id=TOK.pad_id)
     return {
         "early": lambda: EarlyFusion(sizes, **blocks, max_answer_len=max_answer_len),
         "cross": lambda: CrossFusion(sizes, **blocks),
         "late": lambda: LateFusion(sizes, text, hidden=16),
         "blind": lambda: BlindFusion(sizes, text, hidden=16),
         "pairs": lambda: PairsFusion(sizes, text, width=16, hidden=16),
+        "film": lambda: read_question(FiLMFusion(sizes, text, width=16, blocks=2, hidden=16)),
     }[design]().eval()
 
 
-@pytest.mark.parametrize("design", ["early", "cross", "late", "blind", "pairs"])
+def read_question(fusion: FiLMFusion) -> FiLMFusion:
+    """FiLM's question layer starts at zero (the unconditioned network); random weights make it read the question."""
+    nn.init.normal_(fusion.film.weight, std=0.5)
+    return fusion
+
+
+@pytest.mark.parametrize("design", ["early", "cross", "late", "blind", "pairs", "film"])
 def test_each_design_answers_and_ignores_padding(design):
     fusion = make(design)
     emb, grid = image_inputs()
@@ -228,6 +246,8 @@ def test_each_design_answers_and_ignores_padding(design):
     swapped = fusion(emb.flip(0), grid.flip(0), questions(*q))
     reads_image = not torch.allclose(swapped[0], logits[0])
     assert reads_image == (design != "blind")
+    other_question = fusion(emb, grid, questions(*q[::-1]))
+    assert not torch.allclose(other_question[0], logits[0])  # every design reads the question
 
 
 def test_early_fusion_prefix_sees_the_whole_question_and_answers_only_the_past():
@@ -261,6 +281,31 @@ def test_grid_coordinates_are_column_and_row_of_the_row_major_grid():
         grid_coordinates(12)
 
 
+def one_hot_state(objects) -> torch.Tensor:
+    """[9, 13] (colour ; shape ; empty) per cell of a list of (colour, shape, cell), written from the list."""
+    state = torch.zeros(9, 13)
+    state[:, 12] = 1
+    for colour, shape, cell in objects:
+        state[cell, 12] = 0
+        state[cell, list(COLOURS).index(colour)] = state[cell, 9 + SHAPES.index(shape)] = 1
+    return state
+
+
+def test_state_encoder_reads_the_generated_objects_off_the_pixels(world):
+    """encoder=state's tokens are the scene the generator drew (its object list, not the pixels), for every
+    question world scene and every seed-world image; the pooled embedding is a unit vector."""
+    encoder = SceneStateEncoder(8)
+    emb, tokens = encoder.encode_with_tokens(world.pixels.float() / 255)
+    assert tokens.shape == (len(world.scenes), 9, 13)
+    for scene, state in zip(world.scenes, tokens, strict=True):
+        assert torch.equal(state, one_hot_state(scene)), scene
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(len(emb)))
+    seed_world = [(c, s, p) for c in COLOURS for s in SHAPES for p in range(9)]
+    images = torch.stack([to_tensor(render(c, s, POSITIONS[p])) for c, s, p in seed_world])
+    for obj, state in zip(seed_world, encoder.read(images), strict=True):
+        assert torch.equal(state, one_hot_state([obj])), obj
+
+
 def test_pairs_fusion_is_g_over_every_concatenated_pair_then_f():
     """The broadcast first layer against the Relation Network written out: g on [o_i ; o_j ; q] for each ordered
     pair with one weight matrix over the concatenation, averaged over the N x N pairs, then f."""
@@ -279,6 +324,48 @@ def test_pairs_fusion_is_g_over_every_concatenated_pair_then_f():
         ]
         expected.append(fusion.f(fusion.pool_norm(torch.stack(pair_outputs).mean(dim=0))))
     torch.testing.assert_close(fusion(emb, grid, q), torch.stack(expected))
+
+
+def test_film_block_is_a_per_channel_scale_and_shift_of_the_normalised_conv():
+    """FiLMBlock written out: inner = relu(conv1x1([x ; coords])), out = inner + relu(gamma * norm(conv3x3(inner))
+    + beta), where gamma and beta are one number per (example, channel) and the norm (eval) uses its running stats."""
+    torch.manual_seed(0)
+    block = FiLMBlock(4).eval()
+    block.norm.running_mean.uniform_(-1, 1), block.norm.running_var.uniform_(0.5, 2)
+    x, coords = torch.randn(2, 4, 3, 3), grid_coordinates(9).T.reshape(1, 2, 3, 3).expand(2, -1, -1, -1)
+    gamma, beta = torch.randn(2, 4), torch.randn(2, 4)
+    inner = torch.relu(block.inner(torch.cat([x, coords], dim=1)))
+    conv = block.conv(inner)
+    mean, std = block.norm.running_mean[None, :, None, None], (block.norm.running_var + block.norm.eps).sqrt()
+    expected = inner + torch.relu(
+        gamma[:, :, None, None] * (conv - mean) / std[None, :, None, None] + beta[..., None, None]
+    )
+    torch.testing.assert_close(block(x, coords, gamma, beta), expected)
+
+
+def test_film_lays_the_row_major_tokens_out_as_their_map_with_matching_coordinates():
+    """Token n of the grid sits at map cell (n // side, n % side), and the coordinate channels there are
+    grid_coordinates' (column, row) of token n: the reshape and the coordinates agree."""
+    fusion = make("film")
+    for n, (col, row) in enumerate(grid_coordinates(16).tolist()):
+        assert fusion.coords[0, :, n // 4, n % 4].tolist() == [col, row]
+    seen = {}
+    fusion.stem.register_forward_hook(lambda module, args, out: seen.update(map=args[0]))
+    emb, grid = image_inputs(1)
+    fusion(emb, grid, questions("how many circles are there?"))
+    torch.testing.assert_close(seen["map"][0, :12, 1, 2], grid[0, 6])  # token 6: row 1, column 2
+    assert seen["map"][0, 12:, 1, 2].tolist() == grid_coordinates(16)[6].tolist()
+
+
+def test_film_starts_as_the_unconditioned_network():
+    """The question layer starts at zero, so every gamma is 1 and every beta 0: before training the answer does
+    not depend on the question (FiLM's initialisation; training then learns what each question switches on)."""
+    torch.manual_seed(0)
+    fusion = FiLMFusion(fusion_sizes(MAX_LEN), question_encoder(MAX_LEN), width=16, blocks=2, hidden=16).eval()
+    emb, grid = image_inputs(2)
+    a = fusion(emb, grid, questions("how many circles are there?", "is there a red circle?"))
+    b = fusion(emb, grid, questions("is there a red circle?", "how many circles are there?"))
+    torch.testing.assert_close(a, b)
 
 
 # --- The task -----------------------------------------------------------------------------------------------------
