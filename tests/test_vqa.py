@@ -306,6 +306,16 @@ def test_state_encoder_reads_the_generated_objects_off_the_pixels(world):
         assert torch.equal(state, one_hot_state([obj])), obj
 
 
+def test_state_encoder_runs_in_bfloat16(world):
+    """Under trainer.precision=bf16-true the images and weights are bf16: the tokens come back in that dtype, and
+    the same as in float32."""
+    encoder = SceneStateEncoder(8).to(torch.bfloat16)
+    images = world.pixels[:16].float() / 255
+    emb, tokens = encoder.encode_with_tokens(images.to(torch.bfloat16))
+    assert tokens.dtype == emb.dtype == torch.bfloat16
+    assert torch.equal(tokens.float(), encoder.read(images).float())
+
+
 def test_pairs_fusion_is_g_over_every_concatenated_pair_then_f():
     """The broadcast first layer against the Relation Network written out: g on [o_i ; o_j ; q] for each ordered
     pair with one weight matrix over the concatenation, averaged over the N x N pairs, then f."""
@@ -362,6 +372,7 @@ def test_film_starts_as_the_unconditioned_network():
     not depend on the question (FiLM's initialisation; training then learns what each question switches on)."""
     torch.manual_seed(0)
     fusion = FiLMFusion(fusion_sizes(MAX_LEN), question_encoder(MAX_LEN), width=16, blocks=2, hidden=16).eval()
+    assert not fusion.film.weight.any() and not fusion.film.bias.any()  # gamma - 1 = beta = 0 for every question
     emb, grid = image_inputs(2)
     a = fusion(emb, grid, questions("how many circles are there?", "is there a red circle?"))
     b = fusion(emb, grid, questions("is there a red circle?", "how many circles are there?"))

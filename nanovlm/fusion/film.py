@@ -12,7 +12,7 @@ Why it is here beside the three designs: a relation question needs the two named
 before a yes/no answer carries any signal. Here the question can switch on, per channel, "this cell holds the red
 circle" and "this cell holds the blue square"; with the coordinate channels beside them, one channel can carry the
 first object's column and another the second's, and a max over the map reads both: the comparison is a function
-of a few pooled numbers. FiLM reached 97.7 % on CLEVR from pixels (its paper) with that construction.
+of a few pooled numbers. FiLM reported 97.7 % on CLEVR (its paper) with that construction.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from nanovlm.fusion.sizes import FusionSizes
 
 
 class FiLMBlock(nn.Module):
-    """[coords ; x] -> 1x1 conv -> ReLU -> 3x3 conv -> BatchNorm (no affine) -> gamma * . + beta -> ReLU, + the
+    """[x ; coords] -> 1x1 conv -> ReLU -> 3x3 conv -> BatchNorm (no affine) -> gamma * . + beta -> ReLU, + the
     1x1 conv's output (FiLM's residual block)."""
 
     def __init__(self, width: int) -> None:

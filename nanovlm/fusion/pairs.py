@@ -30,7 +30,7 @@ def grid_coordinates(num_tokens: int) -> torch.Tensor:
     """[N, 2] (column, row) of each token of a square row-major grid, in [-1, 1] (both encoders' token order)."""
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
-        raise ValueError(f"fusion=pairs needs a square token grid, got {num_tokens} tokens")
+        raise ValueError(f"fusion=pairs and film need a square token grid, got {num_tokens} tokens")
     steps = torch.linspace(-1.0, 1.0, side) if side > 1 else torch.zeros(1)
     rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack([cols.flatten(), rows.flatten()], dim=-1)

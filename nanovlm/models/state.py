@@ -42,17 +42,18 @@ class SceneStateEncoder(nn.Module):
         self.embed_dim, self.token_dim, self.num_tokens = embed_dim, FEATURES, len(POSITIONS)
 
     def read(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 9, 13] one-hot (colour ; shape ; empty) of each cell of images [B, 3, 32, 32] in [0, 1]."""
-        pixels = images[:, :, self.rows, self.cols].mul(255).permute(0, 2, 3, 1)  # [B, 9, 3 pixels, RGB]
+        """[B, 9, 13] one-hot (colour ; shape ; empty) of each cell of images [B, 3, 32, 32] in [0, 1], in their dtype
+        (read in float32: cdist has no bf16 kernel)."""
+        pixels = images[:, :, self.rows, self.cols].float().mul(255).permute(0, 2, 3, 1)  # [B, 9, 3 pixels, RGB]
         centre, top_left, bottom_left = (pixels[:, :, k].sum(-1) > 0 for k in range(3))  # [B, 9] each: drawn?
-        colour = torch.cdist(pixels[:, :, 0], self.palette.expand(len(images), -1, -1)).argmin(-1)  # [B, 9]
+        colour = torch.cdist(pixels[:, :, 0], self.palette.float().expand(len(images), -1, -1)).argmin(-1)  # [B, 9]
         shape = torch.where(top_left, SHAPES.index("square"), SHAPES.index("circle"))
         shape = torch.where(bottom_left & ~top_left, SHAPES.index("triangle"), shape)
         tokens = torch.cat(
             [F.one_hot(colour, len(COLOURS)), F.one_hot(shape, len(SHAPES)), torch.ones_like(colour)[..., None]], -1
         ).float()
         filled = torch.cat([centre[..., None].expand(-1, -1, FEATURES - 1), ~centre[..., None]], -1)
-        return tokens * filled  # an empty cell keeps only its `empty` flag
+        return (tokens * filled).to(images.dtype)  # an empty cell keeps only its `empty` flag; the model's dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_with_tokens(images)[0]

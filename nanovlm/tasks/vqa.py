@@ -62,9 +62,10 @@ class VQA(L.LightningModule):
         """The fusion module is sized by the tokenizer (vocabulary, length, PAD and EOS ids, the answer words' ids)
         and by the image encoder's token grid, which its yaml cannot know; each design takes the sizes it needs."""
         if cfg.get("fusion") is None:
-            raise ValueError("model=vqa needs fusion=early|cross|late|blind (data=vqa chooses early)")
+            raise ValueError("model=vqa needs fusion=early|cross|late|blind|pairs|film (data=vqa chooses early)")
         sizes = FusionSizes.of(tokenizer, image_encoder, ANSWERS)
-        reads_question = "text_encoder" in inspect.signature(get_class(cfg.fusion._target_)).parameters  # late, blind
+        # late, blind, pairs and film read the question through the configured text encoder
+        reads_question = "text_encoder" in inspect.signature(get_class(cfg.fusion._target_)).parameters
         design = instantiate(cfg.fusion, _partial_=True)  # then sizes as they are (instantiate would copy them)
         fusion = design(sizes, **({"text_encoder": text_encoder} if reads_question else {}))
         task = instantiate(cfg.model, _partial_=True)  # the model group's own keys: image_init, freeze_image
