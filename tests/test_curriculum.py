@@ -62,11 +62,37 @@ def test_the_curriculum_asks_about_its_combos_only_and_leaves_train_and_val_unch
     assert set(per_family) == set(FAMILIES)  # every family is asked about the few combos too
 
 
+SPATIAL = ("left of", "right of", "above", "below")
+
+
+def spatial_words(texts: list[str]) -> Counter:
+    return Counter(word for text in texts for word in SPATIAL if f" {word} " in f" {text} ")
+
+
+def test_curriculum_relations_asks_the_first_stage_only_those_words_and_leaves_train_and_val_unchanged():
+    """data.curriculum_relations=['left of']: every spatial word of the curriculum's questions (relation and the
+    query clauses) is 'left of'; train and val are the same questions as without it, with all four words."""
+    settings = {"n_questions": 800, "val_fraction": 0.25, "families": ["relation", "query_colour"]}
+    plain = VQADataModule(**settings, curriculum_epochs=1, curriculum_combos=27)
+    staged = VQADataModule(**settings, curriculum_epochs=1, curriculum_combos=27, curriculum_relations=["left of"])
+    end = len(plain.train_idx) + len(plain.val_idx)
+    assert staged.texts[:end] == plain.texts[:end]
+    first = spatial_words([staged.texts[i] for i in staged.first_idx])
+    assert set(first) == {"left of"} and first["left of"] >= len(staged.first_idx) // 2  # relation: half of them
+    assert set(spatial_words(staged.texts[:end])) == set(SPATIAL)
+    for i in staged.first_idx.tolist():
+        assert answer(staged.scenes[i], staged.questions[i]) == staged.answers[i]
+
+
 def test_bad_curriculum_and_relation_settings_are_one_line_naming_the_key():
     with pytest.raises(ValueError, match=r"^data.curriculum_epochs must be >= 0"):
         VQADataModule(n_questions=60, curriculum_epochs=-1)
     with pytest.raises(ValueError, match=r"^data.relations must name at least one spatial word"):
         VQADataModule(n_questions=60, relations=[])
+    with pytest.raises(
+        ValueError, match=r"^data.curriculum_relations must be distinct words of data.relations \(left of\)"
+    ):
+        VQADataModule(n_questions=60, relations=["left of"], curriculum_epochs=1, curriculum_relations=["above"])
 
 
 def test_staged_sampler_serves_the_first_stage_then_the_second():

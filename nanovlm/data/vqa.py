@@ -122,7 +122,9 @@ class VQADataModule(L.LightningDataModule):
     spatial words (all four by default) in the relation family and the query families' clauses.
     `curriculum_epochs` > 0 trains the first that many epochs on questions about scenes of `curriculum_combos` of
     the training combos only (a quarter as many as train, each asked four times an epoch; nanovlm.data.curriculum),
-    then on the training questions; conf/data/vqa.yaml sets 3, a world constructed directly has none."""
+    then on the training questions; conf/data/vqa.yaml sets 3, a world constructed directly has none.
+    `curriculum_relations` (null: `relations`) are the spatial words the curriculum's questions use, e.g. one
+    word first, then all four."""
 
     def __init__(
         self,
@@ -136,6 +138,7 @@ class VQADataModule(L.LightningDataModule):
         relations: list[str] | None = None,
         curriculum_epochs: int = 0,
         curriculum_combos: int = 4,
+        curriculum_relations: list[str] | None = None,
     ) -> None:
         super().__init__()
         families = list(families or FAMILIES)
@@ -146,6 +149,12 @@ class VQADataModule(L.LightningDataModule):
         relations = list(relations or RELATIONS)
         if any(r not in RELATIONS for r in relations) or len(set(relations)) < len(relations):
             raise ValueError(f"data.relations must be distinct words of: {', '.join(RELATIONS)}; got {relations}")
+        first_relations = list(curriculum_relations or relations)
+        if any(r not in relations for r in first_relations) or len(set(first_relations)) < len(first_relations):
+            raise ValueError(
+                f"data.curriculum_relations must be distinct words of data.relations ({', '.join(relations)}), or "
+                f"null (the same); got {curriculum_relations}"
+            )
         check_value("data.batch_size", batch_size)  # the ranges live in nanovlm.run.config.RULES
         check_value("data.val_fraction", val_fraction)
         n_val = round(n_questions * val_fraction)
@@ -173,10 +182,12 @@ class VQADataModule(L.LightningDataModule):
         if curriculum_epochs:  # generated last, so the train and val questions are the same with or without it
             self.first_combos = first_combos(parts[0][1], curriculum_combos, split_seed)
             parts.append((-(-n_train // 4), self.first_combos, 0))  # a quarter: four combos need fewer
+        staged = int(bool(curriculum_epochs))  # the curriculum's part is the last, with its own spatial words
+        words = [relations] * (len(parts) - staged) + [first_relations] * staged
         items = [
             (*item, cond)
-            for k, (n, combos, cond) in enumerate(parts)
-            for item in generate(n, combos, split_seed * 10 + k, families, relations)
+            for k, ((n, combos, cond), spatial) in enumerate(zip(parts, words, strict=True))
+            for item in generate(n, combos, split_seed * 10 + k, families, spatial)
         ]
         self.scenes: list[Scene] = [s for s, _, _, _ in items]
         self.questions: list[Question] = [q for _, q, _, _ in items]
