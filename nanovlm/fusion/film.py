@@ -81,9 +81,8 @@ class FiLMFusion(nn.Module):
         coords = self.coords.expand(b, -1, -1, -1)  # [B, 2, s, s]
         x = image_tokens.transpose(1, 2).reshape(b, -1, self.side, self.side)  # [B, C, s, s]
         x = torch.relu(self.stem(torch.cat([x, coords], dim=1)))
-        film = self.film(self.question_norm(self.text_encoder(questions))).view(
-            b, len(self.blocks), 2, -1
-        )  # [B, blocks, 2, W]
+        question = self.question_norm(self.text_encoder(questions))  # [B, D]
+        film = self.film(question).view(b, len(self.blocks), 2, -1)  # [B, blocks, 2, W]: (gamma - 1, beta) per block
         for i, block in enumerate(self.blocks):
             x = block(x, coords, 1 + film[:, i, 0], film[:, i, 1])
         x = torch.relu(self.head(torch.cat([x, coords], dim=1)))
