@@ -114,6 +114,11 @@ def render_scenes(scenes: Sequence[Scene]) -> torch.Tensor:
     return sprites[index].sum(dim=1, dtype=torch.uint8)
 
 
+def distinct_within(values: Sequence[str], allowed: Sequence[str]) -> bool:
+    """Whether `values` are distinct members of `allowed` (the families, spatial words a setting may name)."""
+    return all(v in allowed for v in values) and len(set(values)) == len(values)
+
+
 class VQADataModule(L.LightningDataModule):
     """The question world, generated in memory at start-up, served as tensor slices.
     `n_questions` x `val_fraction` are val (on CoGenT: that many of condition B and as many held-out A), the rest
@@ -142,15 +147,15 @@ class VQADataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         families = list(families or FAMILIES)
-        if not families or any(f not in FAMILIES for f in families) or len(set(families)) < len(families):
+        if not families or not distinct_within(families, FAMILIES):
             raise ValueError(f"data.families must be distinct families of: {', '.join(FAMILIES)}; got {families}")
         if relations is not None and not relations:
             raise ValueError("data.relations must name at least one spatial word, or be null (all four)")
         relations = list(relations or RELATIONS)
-        if any(r not in RELATIONS for r in relations) or len(set(relations)) < len(relations):
+        if not distinct_within(relations, RELATIONS):
             raise ValueError(f"data.relations must be distinct words of: {', '.join(RELATIONS)}; got {relations}")
         first_relations = list(curriculum_relations or relations)
-        if any(r not in relations for r in first_relations) or len(set(first_relations)) < len(first_relations):
+        if not distinct_within(first_relations, relations):
             raise ValueError(
                 f"data.curriculum_relations must be distinct words of data.relations ({', '.join(relations)}), or "
                 f"null (the same); got {curriculum_relations}"
@@ -172,21 +177,21 @@ class VQADataModule(L.LightningDataModule):
             raise ValueError(f"data.image_size must be >= 8 pixels, got {image_size}")
         self.batch_size, self.split, self.image_size = batch_size, split, image_size
         self.tokenizer = QuestionTokenizer()
+        # Each part of the world: (questions, the combos its scenes use, its CoGenT condition, its spatial words).
         if split == "random":
-            parts = [(n_train, ALL_COMBOS, 0), (n_val, ALL_COMBOS, 0)]
+            parts = [(n_train, ALL_COMBOS, 0, relations), (n_val, ALL_COMBOS, 0, relations)]
         else:  # train on A; validate on B and on held-out A images
-            parts = [(n_train, cogent_combos("A"), 0), (n_val, cogent_combos("B"), 1), (n_val, cogent_combos("A"), 0)]
-        n_split = sum(n for n, _, _ in parts)
+            a, b = cogent_combos("A"), cogent_combos("B")
+            parts = [(n_train, a, 0, relations), (n_val, b, 1, relations), (n_val, a, 0, relations)]
+        n_split = sum(n for n, *_ in parts)
         self.curriculum_epochs = curriculum_epochs
         self.first_combos: tuple[Combo, ...] = ()
         if curriculum_epochs:  # generated last, so the train and val questions are the same with or without it
             self.first_combos = first_combos(parts[0][1], curriculum_combos, split_seed)
-            parts.append((-(-n_train // 4), self.first_combos, 0))  # a quarter: four combos need fewer
-        staged = int(bool(curriculum_epochs))  # the curriculum's part is the last, with its own spatial words
-        words = [relations] * (len(parts) - staged) + [first_relations] * staged
+            parts.append((-(-n_train // 4), self.first_combos, 0, first_relations))  # a quarter: four combos need fewer
         items = [
             (*item, cond)
-            for k, ((n, combos, cond), spatial) in enumerate(zip(parts, words, strict=True))
+            for k, (n, combos, cond, spatial) in enumerate(parts)
             for item in generate(n, combos, split_seed * 10 + k, families, spatial)
         ]
         self.scenes: list[Scene] = [s for s, _, _, _ in items]
