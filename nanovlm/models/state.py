@@ -49,11 +49,9 @@ class SceneStateEncoder(nn.Module):
         colour = torch.cdist(pixels[:, :, 0], self.palette.float().expand(len(images), -1, -1)).argmin(-1)  # [B, 9]
         shape = torch.where(top_left, SHAPES.index("square"), SHAPES.index("circle"))
         shape = torch.where(bottom_left & ~top_left, SHAPES.index("triangle"), shape)
-        tokens = torch.cat(
-            [F.one_hot(colour, len(COLOURS)), F.one_hot(shape, len(SHAPES)), torch.ones_like(colour)[..., None]], -1
-        ).float()
-        filled = torch.cat([centre[..., None].expand(-1, -1, FEATURES - 1), ~centre[..., None]], -1)
-        return (tokens * filled).to(images.dtype)  # an empty cell keeps only its `empty` flag; the model's dtype
+        drawn = centre[..., None]  # [B, 9, 1]: an empty cell keeps only its `empty` flag
+        tokens = torch.cat([F.one_hot(colour, len(COLOURS)) * drawn, F.one_hot(shape, len(SHAPES)) * drawn, ~drawn], -1)
+        return tokens.to(images.dtype)  # the model's dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode_with_tokens(images)[0]
