@@ -500,3 +500,13 @@ def test_a_query_clause_decides_only_when_the_named_object_is_not_unique():
     world = SimpleNamespace(scenes=[two_circles, one_circle], questions=[which, which], answers=["red", "red"])
     result = clause_accuracy(world, torch.tensor([0, 1]), torch.tensor([True, False]))
     assert result == {"n": 1, "accuracy": 1.0, "ignoring_clause": 0.5}  # the second item's clause decides nothing
+
+
+def test_model_vqa_without_a_fusion_names_every_fusion_option(make_cfg):
+    """model=vqa with the fusion group removed fails with one line listing every conf/fusion option (read from the
+    directory, so a new design is named without editing the message)."""
+    from nanovlm.run.training import build_model
+
+    cfg = make_cfg("data=vqa", "~fusion", "data.n_questions=120")
+    with pytest.raises(ValueError, match=r"^model=vqa needs fusion=blind\|cross\|early\|film\|late\|pairs \(data=vqa"):
+        build_model(cfg, QuestionTokenizer())

@@ -23,6 +23,7 @@ from torch import nn
 from nanovlm.data.questions import ANSWERS, FAMILIES
 from nanovlm.data.tokenizer import TextTokenizer
 from nanovlm.fusion.sizes import FusionSizes
+from nanovlm.run.config import CONFIG_DIR
 from nanovlm.tasks.dual_encoder import OptimizerFactory, SchedulerFactory, weight_decay_groups
 
 
@@ -62,7 +63,8 @@ class VQA(L.LightningModule):
         """The fusion module is sized by the tokenizer (vocabulary, length, PAD and EOS ids, the answer words' ids)
         and by the image encoder's token grid, which its yaml cannot know; each design takes the sizes it needs."""
         if cfg.get("fusion") is None:
-            raise ValueError("model=vqa needs fusion=early|cross|late|blind|pairs|film (data=vqa chooses early)")
+            designs = "|".join(sorted(p.stem for p in (CONFIG_DIR / "fusion").glob("*.yaml")))
+            raise ValueError(f"model=vqa needs fusion={designs} (data=vqa chooses early)")
         sizes = FusionSizes.of(tokenizer, image_encoder, ANSWERS)
         # late, blind, pairs and film read the question through the configured text encoder
         reads_question = "text_encoder" in inspect.signature(get_class(cfg.fusion._target_)).parameters
