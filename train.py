@@ -15,15 +15,17 @@ def main(cfg: DictConfig) -> float:
     # Bad config: one line, exit 2; NaN loss: one line, exit 1; SIGINT/SIGTERM: exit 130/143.
     with cli.job_errors(cfg), cli.signals_raise():
         check_fixed_keys(cfg)  # before torch and Lightning load: a typo costs Hydra's start-up only
+        from nanovlm.run import tracking
+
+        # W&B loads on a thread while torch and Lightning do, and its service starts meanwhile; begun before torch,
+        # W&B's own imports run while sys.modules is small, which makes them cheaper (docs/performance.md).
+        tracking.warm_up(cfg)
         from nanovlm.data.index import preread
 
         preread(cfg.data)  # a disk dataset's rows and image files, also before torch: bad data costs seconds
         from nanovlm.run import preflight  # torch, not yet Lightning (~3x as long to import)
 
         preflight.check(cfg)  # no GPU, too many devices, a learning rate torch refuses
-        from nanovlm.run import tracking
-
-        tracking.warm_up(cfg)  # W&B's service starts beside the import below (docs/performance.md)
         # Lightning loads here, in the job: a parallel launcher's main process never needs it.
         from nanovlm.run.training import train
 

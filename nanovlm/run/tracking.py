@@ -49,11 +49,15 @@ _warm_up: threading.Thread | None = None
 
 
 def warm_up(cfg: DictConfig) -> None:
-    """Start W&B's service process on a thread, beside the main thread's import of torch and Lightning.
+    """Import W&B and start its service process on a thread, beside the main thread's import of torch and Lightning.
 
     `wandb.init` waits for a service process (W&B's own, another program) to start; that wait needs no CPU of
-    ours, so it runs while this process is busy importing. `build_logger` joins the thread before it starts the
-    run. Nothing happens without a logger, or on a DDP rank other than 0 (which logs nothing).
+    ours, so it runs while this process is busy importing. It also imports W&B Launch's package (`wandb.sdk.launch`,
+    to look for staged Launch inputs), which builds generic pydantic models, and pydantic looks for their source
+    with `inspect.getmodule`, which walks all of sys.modules once per stack frame: with torch and Lightning loaded
+    (four times the modules) that import is several times slower (docs/performance.md). So it is imported here,
+    early. `build_logger` joins the thread before it starts the run. Nothing happens without a logger, or on a DDP
+    rank other than 0 (which logs nothing).
     """
     global _warm_up
     if not cfg.get("logger") or _warm_up is not None or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -62,6 +66,7 @@ def warm_up(cfg: DictConfig) -> None:
     def start_service() -> None:
         try:
             import wandb
+            import wandb.sdk.launch  # what wandb.init imports (see above)
 
             wandb.setup()
         except Exception:  # any failure shows again, with its own message, when build_logger starts the run
