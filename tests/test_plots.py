@@ -1,5 +1,8 @@
 """nanovlm.evaluate.plots: every picture is a real PNG; the callback draws them in the run dir and logs them to W&B."""
 
+import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +68,38 @@ def test_draw_embedding_pictures_adds_the_sphere_only_in_3d(tmp_path: Path, monk
     flat = plots.draw_embedding_pictures(tmp_path / "d8", random_embeddings(dim=8), captions, all_triples())
     ball = plots.draw_embedding_pictures(tmp_path / "d3", random_embeddings(dim=3), captions, all_triples())
     assert set(flat) == {"bands", "similarity", "pca"} and set(ball) == {*flat, "sphere"}
+
+
+def _writes_its_pid(fail_in_another_process: bool = False, sleep_s: float = 0.0):
+    """A figure job that writes the id of the process that drew it; optionally fails or dawdles outside this one."""
+    parent = os.getpid()
+
+    def draw(path: Path) -> None:
+        if os.getpid() != parent:
+            time.sleep(sleep_s)
+            if fail_in_another_process:
+                raise RuntimeError("a failure in the forked copy")
+        path.write_text(str(os.getpid()))
+
+    return draw
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the figures are drawn side by side on Linux only")
+def test_the_first_figure_is_drawn_by_another_process_and_every_file_is_written(tmp_path: Path) -> None:
+    jobs = [(tmp_path / f"{i}.txt", _writes_its_pid()) for i in range(3)]
+    paths = figures.draw_side_by_side(jobs)
+    assert paths == [path for path, _ in jobs]
+    drawn_by = [int(p.read_text()) for p in paths]
+    assert drawn_by[0] != os.getpid() and drawn_by[1:] == [os.getpid()] * 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the figures are drawn side by side on Linux only")
+@pytest.mark.parametrize("failure", ["raises", "too slow"])
+def test_a_figure_the_other_process_does_not_deliver_is_drawn_here(tmp_path: Path, failure: str) -> None:
+    (tmp_path / "0.txt").write_text("a file from an earlier drawing")
+    job = _writes_its_pid(fail_in_another_process=failure == "raises", sleep_s=30.0 if failure == "too slow" else 0)
+    paths = figures.draw_side_by_side([(tmp_path / "0.txt", job), (tmp_path / "1.txt", _writes_its_pid())], 1.0)
+    assert [int(p.read_text()) for p in paths] == [os.getpid()] * 2
 
 
 def test_every_n_epochs_must_be_non_negative() -> None:

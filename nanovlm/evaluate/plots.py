@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from nanovlm.data.shapes import ATTRIBUTE_VALUES, COLOURS
 from nanovlm.evaluate.examples import retrieval_examples
-from nanovlm.evaluate.figures import pyplot, save_figure
+from nanovlm.evaluate.figures import FigureJob, draw_side_by_side, pyplot, save_figure
 from nanovlm.evaluate.retrieval import gallery_texts
 from nanovlm.evaluate.zero_shot import AttributeValues, world_attributes
 
@@ -207,14 +207,15 @@ def draw_embedding_pictures(
     are aligned (image, caption) pairs, one per caption; `triples` their attribute values in `table`'s order."""
     directory = Path(directory)
     image_emb, text_emb = after
-    paths = {
-        "bands": embedding_bands(directory / "bands.png", after, before, captions),
-        "similarity": similarity_matrix(directory / "similarity.png", image_emb, text_emb, captions),
-        "pca": pca_scatter(directory / "pca.png", image_emb, text_emb, triples, table),
+    # The PCA first: it takes about as long as the other two together, and the first job is drawn beside them.
+    jobs: dict[str, FigureJob] = {
+        "pca": (directory / "pca.png", lambda p: pca_scatter(p, image_emb, text_emb, triples, table)),
+        "bands": (directory / "bands.png", lambda p: embedding_bands(p, after, before, captions)),
+        "similarity": (directory / "similarity.png", lambda p: similarity_matrix(p, image_emb, text_emb, captions)),
     }
     if image_emb.shape[1] == 3:
-        paths["sphere"] = sphere_scatter(directory / "sphere.png", image_emb, text_emb, triples, table)
-    return paths
+        jobs["sphere"] = (directory / "sphere.png", lambda p: sphere_scatter(p, image_emb, text_emb, triples, table))
+    return dict(zip(jobs, draw_side_by_side(list(jobs.values())), strict=True))
 
 
 def picture_pairs(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
