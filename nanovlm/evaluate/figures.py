@@ -4,6 +4,7 @@ figures drawn at once in two processes."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -78,7 +79,7 @@ def _exited_cleanly(pid: int, timeout_s: float) -> bool:
         if done:
             return os.waitstatus_to_exitcode(status) == 0
         if time.monotonic() > deadline:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return False
         time.sleep(0.005)
